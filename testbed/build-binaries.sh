@@ -32,5 +32,12 @@ build buildkit buildctl github.com/moby/buildkit/cmd/buildctl \
 for c in kube-apiserver kube-controller-manager kube-scheduler; do
   build kubernetes "$c" "k8s.io/kubernetes/cmd/$c"
 done
+# kwok's stages and CRDs, from the same pinned module, for testbed.py to load.
+kwok_src=$(cd "$here/gomod/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+mkdir -p "$out.tmp/kwok-assets"
+cp "$kwok_src"/kustomize/stage/node/fast/node-initialize.yaml "$kwok_src"/kustomize/stage/pod/fast/pod-ready.yaml \
+  "$kwok_src"/kustomize/stage/pod/fast/pod-delete.yaml "$kwok_src"/kustomize/crd/bases/kwok.x-k8s.io_execs.yaml \
+  "$kwok_src"/kustomize/crd/bases/kwok.x-k8s.io_clusterexecs.yaml "$out.tmp/kwok-assets/"
+chmod -R u+w "$out.tmp/kwok-assets"
 rm -rf "$out" && mv "$out.tmp" "$out" && touch "$out/.complete"
 echo "$out"

@@ -132,7 +132,11 @@ def start(name: str, cmd: list[str | Path], env: dict[str, str] | None = None) -
         start_new_session=True, env={**os.environ, **(env or {})},
     )
     pid_file(name).write_text(f"{proc.pid} {Path(str(cmd[0])).name}\n")
+    _started[name] = proc
     return proc.pid
+
+
+_started: dict[str, subprocess.Popen[bytes]] = {}  # this invocation's children: poll() sees exec races right
 
 
 def recorded(name: str) -> tuple[int, str] | None:
@@ -144,6 +148,8 @@ def recorded(name: str) -> tuple[int, str] | None:
 
 
 def alive(name: str) -> bool:
+    if name in _started:
+        return _started[name].poll() is None
     rec = recorded(name)
     return rec is not None and _is_ours(*rec)
 
@@ -347,7 +353,7 @@ profiles:
 def kwok_config(bin_dir: Path) -> Path:
     """Stages: nodes go Ready; ordinary pods go Running/Ready; BuildKit pods are left to the agent,
     which reports them Ready only once their real buildkitd answers; deleted pods finish."""
-    src = bin_dir / "kwok"
+    src = bin_dir / "kwok-assets"
     ready = (src / "pod-ready.yaml").read_text()
     ready = ready.replace(
         "    - key: '.status.phase'\n",
@@ -565,7 +571,7 @@ def up() -> None:
         setup_node_isolation(name)
     start_registry(images)
     api = kube(admin)
-    apply_crds(api, bin_dir / "kwok")
+    apply_crds(api, bin_dir / "kwok-assets")
     create_nodes(api)
     start_kwok(bin_dir, admin)
     start("agent", [sys.executable, HERE / "agent.py", "--kubeconfig", admin, "--bin-dir", bin_dir,
