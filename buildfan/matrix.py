@@ -571,6 +571,13 @@ def _check_template(template: Mapping[str, object], where: _Where) -> None:
         _template_spec(template["spec"], where.sub("spec"))
 
 
+def validate_pod_template(doc: object, source: str) -> dict[str, Any]:
+    """Check a partial pod template read from elsewhere (a ConfigMap); return it as a PodTemplateSpec."""
+    template = _template_root(doc, _Where(source))
+    _check_template(template, _Where(source))
+    return dict(template)
+
+
 def _pod_template(value: object, where: _Where, base: Path) -> PodTemplate:
     name = _string(value, where)
     path = base / name

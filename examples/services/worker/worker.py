@@ -1,0 +1,1 @@
+print("worker is working")
