@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 TESTBED := $(BIN)/python testbed/testbed.py
 
-.PHONY: help venv testbed-up testbed-down testbed-status test unit lint demo bench clean
+
+.PHONY: help venv tools testbed-up testbed-down testbed-status test unit lint demo bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -26,16 +27,24 @@ testbed-down: venv ## stop the local cluster and remove everything it made
 testbed-status: venv ## show the testbed's processes
 	$(TESTBED) status
 
+TOOLS := $(HOME)/.cache/buildfan-tools/bin
+ACTIONLINT_VERSION := v1.7.12
+
+$(TOOLS)/actionlint:
+	GOBIN=$(TOOLS) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+
+tools: $(TOOLS)/actionlint ## test tools built from the Go module proxy (actionlint)
+
 lint: venv ## ruff and mypy
-	$(BIN)/ruff check buildfan tests bench
-	$(BIN)/ruff format --check buildfan tests bench
+	$(BIN)/ruff check buildfan tests testbed
+	$(BIN)/ruff format --check buildfan tests testbed
 	$(BIN)/mypy
 
 unit: venv ## unit tests only (no cluster)
 	$(BIN)/pytest tests/unit -q
 
-test: venv testbed-up ## the whole suite against the real local cluster (what CI runs)
-	BUILDFAN_REQUIRE_TESTBED=1 $(BIN)/pytest -q
+test: venv tools testbed-up ## the whole suite against the real local cluster (what CI runs)
+	PATH="$(TOOLS):$$PATH" BUILDFAN_REQUIRE_TESTBED=1 BUILDFAN_REQUIRE_TOOLS=1 $(BIN)/pytest -q
 	$(MAKE) lint
 
 demo: venv testbed-up ## build examples/matrix.yaml on the local cluster and print the summary

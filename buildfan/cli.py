@@ -46,9 +46,7 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         help="log rendering (default: console on a terminal, plain otherwise)",
     )
-    p.add_argument(
-        "-v", "--verbose", action="store_true", help="debug logs: every Kubernetes and buildx call"
-    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs: every Kubernetes and buildx call")
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
     p.add_argument("--context", help="kubeconfig context (default: the current context)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -188,14 +186,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
     run_id, namespace = args.run_id, args.namespace
     if args.run_file:
         run_id, namespace = _read_run_file(args.run_file)
-    res = gc.collect(
-        Cluster(args.kubeconfig, args.context), Buildx(), namespace, args.older_than, run_id, args.dry_run
-    )
+    res = gc.collect(Cluster(args.kubeconfig, args.context), Buildx(), namespace, args.older_than, run_id, args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    print(
-        f"gc: {verb} {len(res.deleted)} object(s) and {len(res.builders)} builder(s) "
-        f"of {len(res.runs)} run(s)"
-    )
+    print(f"gc: {verb} {len(res.deleted)} object(s) and {len(res.builders)} builder(s) of {len(res.runs)} run(s)")
     return EXIT_OK
 
 
@@ -226,9 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as e:
         logger.exception("unexpected error")
-        print(
-            f"buildfan: unexpected error: {e!r} (a bug: please report it with the log above)", file=sys.stderr
-        )
+        print(f"buildfan: unexpected error: {e!r} (a bug: please report it with the log above)", file=sys.stderr)
         return EXIT_UNEXPECTED
 
 

@@ -98,9 +98,7 @@ class Cluster:
                 raise UserError(f"namespace {namespace!r} not found; create it or set `namespace:`") from e
             raise UserError(f"namespace {namespace!r}: {_reason(e)}") from e
         except (urllib3.exceptions.HTTPError, ConnectionError) as e:
-            raise UserError(
-                f"cluster unreachable at {self.api.configuration.host}: {e}; check KUBECONFIG"
-            ) from e
+            raise UserError(f"cluster unreachable at {self.api.configuration.host}: {e}; check KUBECONFIG") from e
 
     def read_template_configmap(self, namespace: str, name: str) -> dict[str, Any]:
         where = f"ConfigMap {namespace}/{name}"

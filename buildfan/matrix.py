@@ -217,9 +217,7 @@ def _read_matrix_yaml(path: Path) -> object:
 def _read_template_yaml(path: Path, where: _Where, display: str) -> object:
     doc, problem = _load_yaml(path, where, display)
     if problem:
-        where.fail(
-            f"{display} {problem[0]}: invalid YAML: {problem[1]}", "fix the pod template's YAML syntax"
-        )
+        where.fail(f"{display} {problem[0]}: invalid YAML: {problem[1]}", "fix the pod template's YAML syntax")
     return doc
 
 
@@ -285,9 +283,7 @@ def _string_map(value: object, where: _Where) -> Pairs:
     return tuple((k, _scalar(v, where.sub(k))) for k, v in mapping.items())
 
 
-def _optional(
-    mapping: Mapping[str, object], key: str, parse: Callable[[object, _Where], Any], where: _Where
-) -> Any:
+def _optional(mapping: Mapping[str, object], key: str, parse: Callable[[object, _Where], Any], where: _Where) -> Any:
     return parse(mapping[key], where.sub(key)) if mapping.get(key) is not None else None
 
 
@@ -311,9 +307,7 @@ def _quantity(value: str) -> _Problem:
 
 
 def _duration(value: str) -> _Problem:
-    return (
-        None if _DURATION.fullmatch(value) else (f"{value!r} is not a Go duration", "write e.g. 120s or 5m")
-    )
+    return None if _DURATION.fullmatch(value) else (f"{value!r} is not a Go duration", "write e.g. 120s or 5m")
 
 
 def _replicas(value: str) -> _Problem:
@@ -332,9 +326,7 @@ def _pvc_opt(_value: str) -> _Problem:
 
 
 def _loadbalance(value: str) -> _Problem:
-    return (
-        None if value in ("sticky", "random") else (f"invalid loadbalance {value!r}", "use sticky or random")
-    )
+    return None if value in ("sticky", "random") else (f"invalid loadbalance {value!r}", "use sticky or random")
 
 
 def split_kv_list(value: str) -> dict[str, str] | None:
@@ -473,9 +465,7 @@ def _spread(value: object, where: _Where) -> str | None:
     if key == "none":
         return None
     if not _LABEL_KEY.fullmatch(key):
-        where.fail(
-            f"invalid topology key {key!r}", "use a node label key such as topology.kubernetes.io/zone"
-        )
+        where.fail(f"invalid topology key {key!r}", "use a node label key such as topology.kubernetes.io/zone")
     return key
 
 
@@ -505,9 +495,7 @@ def _template_root(doc: object, where: _Where) -> dict[str, object]:
     if keys <= {"metadata", "spec"}:
         return mapping
     if keys & {"metadata", "spec"}:
-        where.fail(
-            "mixes PodTemplateSpec keys (metadata/spec) with PodSpec keys", "nest pod fields under spec"
-        )
+        where.fail("mixes PodTemplateSpec keys (metadata/spec) with PodSpec keys", "nest pod fields under spec")
     for key in sorted(keys - _POD_SPEC_FIELDS):
         where.sub(key).fail("not a PodSpec field", "write a PodTemplateSpec (metadata/spec) or a PodSpec")
     return {"spec": mapping}
@@ -536,9 +524,7 @@ def _template_container(value: object, where: _Where) -> None:
         return
     for key in ("image", "command", "args"):
         if key in container:
-            where.sub(key).fail(
-                f"must not change the buildkitd container's {key}", "use driver-opts (image=)"
-            )
+            where.sub(key).fail(f"must not change the buildkitd container's {key}", "use driver-opts (image=)")
 
 
 def _container_list(spec: Mapping[str, object], key: str, where: _Where) -> None:
@@ -694,9 +680,7 @@ def _parse_axes(value: object, where: _Where) -> _Axes:
     mapping = _mapping(value, where)
     axes = tuple(_axis(k, v, where.sub(k)) for k, v in mapping.items() if k not in ("include", "exclude"))
     known = ("image", *(name for name, _ in axes))
-    return _Axes(
-        axes, _combo_list(mapping, "exclude", where, known), _combo_list(mapping, "include", where, None)
-    )
+    return _Axes(axes, _combo_list(mapping, "exclude", where, known), _combo_list(mapping, "include", where, None))
 
 
 def _matches(combo: _Combo, entry: _Combo, keys: Iterable[str]) -> bool:
@@ -723,9 +707,7 @@ def _apply_include(combos: list[_Combo], entry: _Combo, original: tuple[str, ...
 
 def _expand(axes: _Axes, images: Iterable[str]) -> list[_Combo]:
     original = ("image", *axes.names)
-    combos = [
-        c for c in _base_combos(axes, images) if not any(_matches(c, e, original) for e in axes.exclude)
-    ]
+    combos = [c for c in _base_combos(axes, images) if not any(_matches(c, e, original) for e in axes.exclude)]
     base_count = len(combos)
     for entry in axes.include:
         _apply_include(combos, entry, original, base_count)
@@ -843,9 +825,7 @@ def _map_field(raw: Mapping[str, object], key: str, where: _Where) -> Pairs:
     return _optional(raw, key, _string_map, where) or ()
 
 
-def _image(
-    raw: Mapping[str, object], name: str, values: Pairs, builder: BuilderSpec, ctx: _ImageCtx
-) -> ImageSpec:
+def _image(raw: Mapping[str, object], name: str, values: Pairs, builder: BuilderSpec, ctx: _ImageCtx) -> ImageSpec:
     where = ctx.where
     context = _context(raw, ctx.base, where.sub("context"))
     return ImageSpec(
@@ -859,9 +839,7 @@ def _image(
         output=_output(raw.get("output"), where.sub("output")),
         cache_from=_list_field(raw, "cache-from", where),
         cache_to=_list_field(raw, "cache-to", where),
-        secrets=tuple(
-            _secret(s, where.sub("secrets").at(i)) for i, s in enumerate(_list_field(raw, "secrets", where))
-        ),
+        secrets=tuple(_secret(s, where.sub("secrets").at(i)) for i, s in enumerate(_list_field(raw, "secrets", where))),
         labels=_map_field(raw, "labels", where),
         builder=builder,
         matrix_values=values,
@@ -878,9 +856,7 @@ class _ImageCtx:
     builder: BuilderSpec
 
 
-def _images_of(
-    raw: Mapping[str, object], name: str, combos: Iterable[_Combo], ctx: _ImageCtx
-) -> Iterator[ImageSpec]:
+def _images_of(raw: Mapping[str, object], name: str, combos: Iterable[_Combo], ctx: _ImageCtx) -> Iterator[ImageSpec]:
     for combo in combos:
         expanded = _expanded_name(name, combo, ctx.axes, ctx.where.sub("name"))
         fields = _substituted(raw, combo, ctx.where)

@@ -127,9 +127,7 @@ def plan_builder(image: ImageSpec, run_id: str, namespace: str) -> BuilderPlan:
     labels = buildfan_labels(run_id, image.name)
     opts = _merged_driver_opts(image.builder.driver_opts, namespace, labels)
     deployment = deployment_name(node)
-    manifest = (
-        _manifest(opts, deployment, image.builder.placement, run_id) if _needs_manifest(image) else None
-    )
+    manifest = _manifest(opts, deployment, image.builder.placement, run_id) if _needs_manifest(image) else None
     return BuilderPlan(
         image=image.name,
         builder=builder,

@@ -61,14 +61,10 @@ def check_protected(base: dict[str, Any], merged: dict[str, Any], source: str) -
     """Refuse a merge result that changed what buildx relies on."""
     before, after = _buildkitd(base), _buildkitd(merged)
     if not after:
-        raise UserError(
-            f"{source}: the merge removed the buildkitd container; do not use $patch on containers"
-        )
+        raise UserError(f"{source}: the merge removed the buildkitd container; do not use $patch on containers")
     for key in PROTECTED_CONTAINER_FIELDS:
         if before.get(key) != after.get(key):
-            raise UserError(
-                f"{source}: must not change the buildkitd container's {key}; use driver-opts instead"
-            )
+            raise UserError(f"{source}: must not change the buildkitd container's {key}; use driver-opts instead")
     labels_before = base.get("metadata", {}).get("labels", {})
     labels_after = merged.get("metadata", {}).get("labels", {})
     if labels_before.get(APP_LABEL) != labels_after.get(APP_LABEL):

@@ -329,9 +329,7 @@ class ProgressTracker:
         self._note_progress(state)
         events.append(ProgressEvent("vertex_started", digest, state.name, parse_time(started)))
 
-    def _vertex_completed(
-        self, digest: str, state: _Vertex, raw: dict[str, Any], events: list[ProgressEvent]
-    ) -> None:
+    def _vertex_completed(self, digest: str, state: _Vertex, raw: dict[str, Any], events: list[ProgressEvent]) -> None:
         completed = raw["completed"]
         if completed == state.completed:
             return
@@ -343,9 +341,7 @@ class ProgressTracker:
         detail = "cached" if state.cached else None
         events.append(ProgressEvent("vertex_completed", digest, state.name, parse_time(completed), detail))
 
-    def _vertex_errored(
-        self, digest: str, state: _Vertex, raw: dict[str, Any], events: list[ProgressEvent]
-    ) -> None:
+    def _vertex_errored(self, digest: str, state: _Vertex, raw: dict[str, Any], events: list[ProgressEvent]) -> None:
         message = raw["error"]
         if message == state.error:
             return

@@ -182,9 +182,7 @@ def _merge(spans: Iterable[Span]) -> list[Span]:
 
 def max_concurrent(spans_by_builder: Mapping[str, Iterable[Span]]) -> int:
     """Most builders busy at one instant; a builder's own overlapping spans count once."""
-    edges = [
-        (t, d) for spans in spans_by_builder.values() for s, e in _merge(spans) for t, d in ((s, 1), (e, -1))
-    ]
+    edges = [(t, d) for spans in spans_by_builder.values() for s, e in _merge(spans) for t, d in ((s, 1), (e, -1))]
     running = best = 0
     for _, delta in sorted(edges):  # at equal times -1 sorts first: touching spans do not overlap
         running += delta
@@ -284,10 +282,7 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: f
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        padded = (
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
+        padded = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
         return "  ".join(padded).rstrip()
 
     return "\n".join([line(headers), *(line(row) for row in rows)])

@@ -137,9 +137,7 @@ class Placements:
         with self._changed:
             self._by_image[image] = placement
             self._changed.notify_all()
-        log.debug(
-            "placed", image=image, pod=placement.pod, node=placement.node, ready=bool(placement.ready_at)
-        )
+        log.debug("placed", image=image, pod=placement.pod, node=placement.node, ready=bool(placement.ready_at))
 
     def get(self, image: str, timeout: float = 10.0) -> Placement | None:
         with self._changed:

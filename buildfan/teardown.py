@@ -52,8 +52,7 @@ class Teardown:
     def _sweep(self) -> list[Resource]:
         try:
             return [
-                Resource(r.kind, r.namespace, r.name)
-                for r in self.cluster.list_labelled(self.selector, self.namespace)
+                Resource(r.kind, r.namespace, r.name) for r in self.cluster.list_labelled(self.selector, self.namespace)
             ]
         except Exception as e:
             log.error("could not list the run's resources", error=str(e))

@@ -80,8 +80,13 @@ class Agent:
     def watch(self, rv: str) -> None:
         w = watch.Watch()
         try:
-            for ev in w.stream(self.core.list_pod_for_all_namespaces, field_selector="spec.nodeName!=",
-                               resource_version=rv, timeout_seconds=300, allow_watch_bookmarks=True):
+            for ev in w.stream(
+                self.core.list_pod_for_all_namespaces,
+                field_selector="spec.nodeName!=",
+                resource_version=rv,
+                timeout_seconds=300,
+                allow_watch_bookmarks=True,
+            ):
                 if ev["type"] != "BOOKMARK":
                     self.on_pod(ev["type"], ev["object"])
         except client.ApiException as e:
@@ -107,7 +112,7 @@ class Agent:
     def start_safely(self, pod: Any) -> None:
         try:
             self.start(pod)
-        except Exception as e:  # noqa: BLE001 - report and keep serving other pods
+        except Exception as e:
             log(f"{pod.metadata.namespace}/{pod.metadata.name}: failed to start: {e!r}")
         finally:
             with self.lock:
@@ -136,13 +141,27 @@ class Agent:
         cg = [CGROUP_ROOT / c / self.cgroup / node / "cgroup.procs" for c in ("cpu", "blkio")]
         enter = " && ".join(f"echo $$ > {p}" for p in cg)
         flags = [a for a in args if a.startswith(PASSTHROUGH_FLAGS)]
-        cmd = ["sh", "-c", f'{enter} && exec "$@"', "sh", str(self.bin_dir / "buildkitd"),
-               "--root", str(root), "--addr", f"unix://{sock}", "--config", str(self.node_config(node)),
-               "--oci-worker=true", "--containerd-worker=false", *flags]
+        cmd = [
+            "sh",
+            "-c",
+            f'{enter} && exec "$@"',
+            "sh",
+            str(self.bin_dir / "buildkitd"),
+            "--root",
+            str(root),
+            "--addr",
+            f"unix://{sock}",
+            "--config",
+            str(self.node_config(node)),
+            "--oci-worker=true",
+            "--containerd-worker=false",
+            *flags,
+        ]
         logf = open(self.state / "logs" / "daemons" / f"{tag}.log", "ab")  # noqa: SIM115 - owned by the child
         env = {**os.environ, "PATH": f"{self.bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-        return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
+        return subprocess.Popen(
+            cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+        )
 
     def node_config(self, node: str) -> Path:
         path = self.state / f"buildkitd-{node}.toml"
@@ -150,7 +169,7 @@ class Agent:
             path.write_text(
                 f'[worker.oci]\n  enabled = true\n  snapshotter = "overlayfs"\n'
                 f'  defaultCgroupParent = "/{self.cgroup}/{node}"\n'
-                f'[worker.containerd]\n  enabled = false\n'
+                f"[worker.containerd]\n  enabled = false\n"
                 f'[registry."{self.registry}"]\n  http = true\n  insecure = true\n'
             )
         return path
@@ -161,8 +180,14 @@ class Agent:
         while time.monotonic() < deadline:
             if d.proc.poll() is not None:
                 raise RuntimeError(f"buildkitd exited with {d.proc.returncode}")
-            ok = subprocess.run([str(self.bin_dir / "buildctl"), "--addr", f"unix://{d.sock}", "debug", "workers"],
-                                capture_output=True, check=False).returncode == 0
+            ok = (
+                subprocess.run(
+                    [str(self.bin_dir / "buildctl"), "--addr", f"unix://{d.sock}", "debug", "workers"],
+                    capture_output=True,
+                    check=False,
+                ).returncode
+                == 0
+            )
             if ok:
                 return
             time.sleep(0.1)
@@ -170,7 +195,8 @@ class Agent:
 
     def create_exec(self, d: Daemon) -> None:
         body = {
-            "apiVersion": f"{EXEC_GROUP}/{EXEC_VERSION}", "kind": "Exec",
+            "apiVersion": f"{EXEC_GROUP}/{EXEC_VERSION}",
+            "kind": "Exec",
             "metadata": {"name": d.pod, "namespace": d.namespace},
             "spec": {"execs": [{"local": {"envs": [{"name": "BUILDKIT_HOST", "value": f"unix://{d.sock}"}]}}]},
         }
@@ -182,14 +208,35 @@ class Agent:
 
     def report_ready(self, d: Daemon) -> None:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        conds = [{"type": t, "status": "True", "lastTransitionTime": now}
-                 for t in ("Initialized", "ContainersReady", "Ready")]
+        conds = [
+            {"type": t, "status": "True", "lastTransitionTime": now}
+            for t in ("Initialized", "ContainersReady", "Ready")
+        ]
         pod = self.core.read_namespaced_pod(d.pod, d.namespace)
-        statuses = [{"name": c.name, "image": c.image, "imageID": "", "ready": True, "restartCount": 0,
-                     "started": True, "state": {"running": {"startedAt": now}}} for c in pod.spec.containers]
-        body = {"status": {"phase": "Running", "conditions": conds, "containerStatuses": statuses,
-                           "startTime": now, "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
-                           "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}}
+        statuses = [
+            {
+                "name": c.name,
+                "image": c.image,
+                "imageID": "",
+                "ready": True,
+                "restartCount": 0,
+                "started": True,
+                "state": {"running": {"startedAt": now}},
+            }
+            for c in pod.spec.containers
+        ]
+        body = {
+            "status": {
+                "phase": "Running",
+                "conditions": conds,
+                "containerStatuses": statuses,
+                "startTime": now,
+                "hostIP": "127.0.0.1",
+                "hostIPs": [{"ip": "127.0.0.1"}],
+                "podIP": "127.0.0.1",
+                "podIPs": [{"ip": "127.0.0.1"}],
+            }
+        }
         self.core.patch_namespaced_pod_status(d.pod, d.namespace, body)
 
     # ------------------------------------------------------------ stop

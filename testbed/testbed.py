@@ -128,8 +128,12 @@ def start(name: str, cmd: list[str | Path], env: dict[str, str] | None = None) -
     pid_file(name).parent.mkdir(parents=True, exist_ok=True)
     logf = open(STATE / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [str(c) for c in cmd], stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, env={**os.environ, **(env or {})},
+        [str(c) for c in cmd],
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     pid_file(name).write_text(f"{proc.pid} {Path(str(cmd[0])).name}\n")
     _started[name] = proc
@@ -218,8 +222,22 @@ def pki() -> Path:
         return d
     d.mkdir(parents=True, exist_ok=True)
     ossl = ["openssl"]
-    run(*ossl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=buildfan-testbed-ca",
-        "-keyout", d / "ca.key", "-out", d / "ca.crt")
+    run(
+        *ossl,
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=buildfan-testbed-ca",
+        "-keyout",
+        d / "ca.key",
+        "-out",
+        d / "ca.crt",
+    )
     _cert(d, "apiserver", "/CN=kube-apiserver", "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes")
     _cert(d, "admin", "/O=system:masters/CN=buildfan-testbed-admin")
     _cert(d, "controller-manager", "/O=system:masters/CN=system:kube-controller-manager")
@@ -230,25 +248,65 @@ def pki() -> Path:
 
 
 def _cert(d: Path, name: str, subj: str, ext: str | None = None) -> None:
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", subj,
-        "-keyout", d / f"{name}.key", "-out", d / f"{name}.csr")
+    run(
+        "openssl",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        subj,
+        "-keyout",
+        d / f"{name}.key",
+        "-out",
+        d / f"{name}.csr",
+    )
     extra: list[str | Path] = []
     if ext:
         (d / f"{name}.ext").write_text(ext + "\n")
         extra = ["-extfile", d / f"{name}.ext"]
-    run("openssl", "x509", "-req", "-in", d / f"{name}.csr", "-CA", d / "ca.crt", "-CAkey", d / "ca.key",
-        "-CAcreateserial", "-days", "30", "-out", d / f"{name}.crt", *extra)
+    run(
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        d / f"{name}.csr",
+        "-CA",
+        d / "ca.crt",
+        "-CAkey",
+        d / "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-out",
+        d / f"{name}.crt",
+        *extra,
+    )
 
 
 def kubeconfig(d: Path, user: str, namespace: str = "default") -> Path:
     cfg = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "buildfan-testbed",
-        "clusters": [{"name": "buildfan-testbed", "cluster": {
-            "server": f"https://127.0.0.1:{PORTS.apiserver}", "certificate-authority": str(d / "ca.crt")}}],
-        "users": [{"name": user, "user": {
-            "client-certificate": str(d / f"{user}.crt"), "client-key": str(d / f"{user}.key")}}],
-        "contexts": [{"name": "buildfan-testbed", "context": {
-            "cluster": "buildfan-testbed", "user": user, "namespace": namespace}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "buildfan-testbed",
+        "clusters": [
+            {
+                "name": "buildfan-testbed",
+                "cluster": {
+                    "server": f"https://127.0.0.1:{PORTS.apiserver}",
+                    "certificate-authority": str(d / "ca.crt"),
+                },
+            }
+        ],
+        "users": [
+            {"name": user, "user": {"client-certificate": str(d / f"{user}.crt"), "client-key": str(d / f"{user}.key")}}
+        ],
+        "contexts": [
+            {
+                "name": "buildfan-testbed",
+                "context": {"cluster": "buildfan-testbed", "user": user, "namespace": namespace},
+            }
+        ],
     }
     path = STATE / f"{user}.kubeconfig"
     path.write_text(json.dumps(cfg, indent=1))
@@ -271,13 +329,28 @@ def api_get(path: str, d: Path) -> tuple[int, str]:
 
 def start_etcd(bin_dir: Path) -> None:
     data = STATE / "etcd"
-    start("etcd", ["etcd", "--name", "testbed", "--data-dir", data,
-                   "--listen-client-urls", f"http://127.0.0.1:{PORTS.etcd}",
-                   "--advertise-client-urls", f"http://127.0.0.1:{PORTS.etcd}",
-                   "--listen-peer-urls", f"http://127.0.0.1:{PORTS.etcd_peer}",
-                   "--initial-advertise-peer-urls", f"http://127.0.0.1:{PORTS.etcd_peer}",
-                   "--initial-cluster", f"testbed=http://127.0.0.1:{PORTS.etcd_peer}",
-                   "--quota-backend-bytes", str(4 << 30)])
+    start(
+        "etcd",
+        [
+            "etcd",
+            "--name",
+            "testbed",
+            "--data-dir",
+            data,
+            "--listen-client-urls",
+            f"http://127.0.0.1:{PORTS.etcd}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{PORTS.etcd}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{PORTS.etcd_peer}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{PORTS.etcd_peer}",
+            "--initial-cluster",
+            f"testbed=http://127.0.0.1:{PORTS.etcd_peer}",
+            "--quota-backend-bytes",
+            str(4 << 30),
+        ],
+    )
     wait_for("etcd", lambda: _http_ok(f"http://127.0.0.1:{PORTS.etcd}/health"), proc="etcd")
 
 
@@ -296,32 +369,51 @@ def start_apiserver(bin_dir: Path, d: Path) -> None:
         "rules:\n- level: None\n  users: [system:kube-controller-manager, system:kube-scheduler]\n"
         "- level: Metadata\n"
     )
-    start("kube-apiserver", [
-        bin_dir / "kube-apiserver",
-        f"--etcd-servers=http://127.0.0.1:{PORTS.etcd}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={PORTS.apiserver}",
-        f"--tls-cert-file={d / 'apiserver.crt'}", f"--tls-private-key-file={d / 'apiserver.key'}",
-        f"--client-ca-file={d / 'ca.crt'}", "--authorization-mode=RBAC",
-        f"--service-account-key-file={d / 'sa.pub'}", f"--service-account-signing-key-file={d / 'sa.key'}",
-        "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/24",
-        "--allow-privileged=true", "--endpoint-reconciler-type=none",
-        "--kubelet-preferred-address-types=InternalIP,Hostname",
-        f"--audit-policy-file={audit_policy}", f"--audit-log-path={STATE / 'logs' / 'audit.log'}",
-        "--audit-log-maxsize=200",
-    ])
+    start(
+        "kube-apiserver",
+        [
+            bin_dir / "kube-apiserver",
+            f"--etcd-servers=http://127.0.0.1:{PORTS.etcd}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={PORTS.apiserver}",
+            f"--tls-cert-file={d / 'apiserver.crt'}",
+            f"--tls-private-key-file={d / 'apiserver.key'}",
+            f"--client-ca-file={d / 'ca.crt'}",
+            "--authorization-mode=RBAC",
+            f"--service-account-key-file={d / 'sa.pub'}",
+            f"--service-account-signing-key-file={d / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            "--service-cluster-ip-range=10.96.0.0/24",
+            "--allow-privileged=true",
+            "--endpoint-reconciler-type=none",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--audit-policy-file={audit_policy}",
+            f"--audit-log-path={STATE / 'logs' / 'audit.log'}",
+            "--audit-log-maxsize=200",
+        ],
+    )
     wait_for("kube-apiserver /readyz", lambda: api_get("/readyz", d)[0] == 200, 120, proc="kube-apiserver")
 
 
 def start_controller_manager(bin_dir: Path, d: Path) -> None:
     cfg = kubeconfig(d, "controller-manager")
-    start("kube-controller-manager", [
-        bin_dir / "kube-controller-manager", f"--kubeconfig={cfg}",
-        f"--authentication-kubeconfig={cfg}", f"--authorization-kubeconfig={cfg}",
-        "--controllers=deployment-controller,replicaset-controller,serviceaccount-controller,"
-        "garbage-collector-controller,namespace-controller",
-        "--bind-address=127.0.0.1", f"--secure-port={PORTS.controller_manager}", "--leader-elect=false",
-        f"--root-ca-file={d / 'ca.crt'}", f"--service-account-private-key-file={d / 'sa.key'}",
-    ])
+    start(
+        "kube-controller-manager",
+        [
+            bin_dir / "kube-controller-manager",
+            f"--kubeconfig={cfg}",
+            f"--authentication-kubeconfig={cfg}",
+            f"--authorization-kubeconfig={cfg}",
+            "--controllers=deployment-controller,replicaset-controller,serviceaccount-controller,"
+            "garbage-collector-controller,namespace-controller",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={PORTS.controller_manager}",
+            "--leader-elect=false",
+            f"--root-ca-file={d / 'ca.crt'}",
+            f"--service-account-private-key-file={d / 'sa.key'}",
+        ],
+    )
 
 
 def start_scheduler(bin_dir: Path, d: Path) -> None:
@@ -341,10 +433,17 @@ profiles:
         type: MostAllocated
         resources: [{{name: cpu, weight: 1}}, {{name: memory, weight: 1}}]
 """)
-    start("kube-scheduler", [
-        bin_dir / "kube-scheduler", f"--config={conf}", f"--authentication-kubeconfig={cfg}",
-        f"--authorization-kubeconfig={cfg}", "--bind-address=127.0.0.1", f"--secure-port={PORTS.scheduler}",
-    ])
+    start(
+        "kube-scheduler",
+        [
+            bin_dir / "kube-scheduler",
+            f"--config={conf}",
+            f"--authentication-kubeconfig={cfg}",
+            f"--authorization-kubeconfig={cfg}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={PORTS.scheduler}",
+        ],
+    )
 
 
 # ---------------------------------------------------------------- kwok nodes
@@ -358,7 +457,9 @@ def kwok_config(bin_dir: Path) -> Path:
     ready = ready.replace(
         "    - key: '.status.phase'\n",
         "    - key: '.spec.containers.[0].name'\n      operator: 'NotIn'\n      values:\n      - 'buildkitd'\n"
-        "    - key: '.status.phase'\n", 1)
+        "    - key: '.status.phase'\n",
+        1,
+    )
     parts = [(src / "node-initialize.yaml").read_text(), ready, (src / "pod-delete.yaml").read_text()]
     path = STATE / "kwok-stages.yaml"
     path.write_text("\n---\n".join(parts))
@@ -366,11 +467,21 @@ def kwok_config(bin_dir: Path) -> Path:
 
 
 def start_kwok(bin_dir: Path, admin: Path) -> None:
-    start("kwok", [
-        bin_dir / "kwok", f"--kubeconfig={admin}", "--manage-all-nodes=true", f"--config={kwok_config(bin_dir)}",
-        "--node-ip=127.0.0.1", "--node-name=localhost", f"--node-port={PORTS.kwok}",
-        f"--server-address=127.0.0.1:{PORTS.kwok}", "--enable-crds=Exec,ClusterExec",
-    ], env={"PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"})
+    start(
+        "kwok",
+        [
+            bin_dir / "kwok",
+            f"--kubeconfig={admin}",
+            "--manage-all-nodes=true",
+            f"--config={kwok_config(bin_dir)}",
+            "--node-ip=127.0.0.1",
+            "--node-name=localhost",
+            f"--node-port={PORTS.kwok}",
+            f"--server-address=127.0.0.1:{PORTS.kwok}",
+            "--enable-crds=Exec,ClusterExec",
+        ],
+        env={"PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"},
+    )
 
 
 def node_names() -> list[str]:
@@ -379,15 +490,26 @@ def node_names() -> list[str]:
 
 def node_manifest(name: str, index: int) -> dict[str, object]:
     return {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}, "labels": {
-            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-            "type": "kwok", "topology.kubernetes.io/zone": f"zone-{index % int(os.environ.get('ZONES', NODES))}",
-            "topology.kubernetes.io/region": "testbed", "node.kubernetes.io/instance-type": "kwok.4x16",
-        }},
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                "topology.kubernetes.io/zone": f"zone-{index % int(os.environ.get('ZONES', NODES))}",
+                "topology.kubernetes.io/region": "testbed",
+                "node.kubernetes.io/instance-type": "kwok.4x16",
+            },
+        },
         "spec": {},
-        "status": {"allocatable": {"cpu": "4", "memory": "16Gi", "pods": "110"},
-                   "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110"}},
+        "status": {
+            "allocatable": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+            "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110"},
+        },
     }
 
 
@@ -438,8 +560,11 @@ def wait_nodes_ready(api: object) -> None:
         return len(ok) == NODES and not any(n.spec.taints for n in ok)
 
     wait_for(f"{NODES} Ready nodes", ready, 60, proc="kwok")
-    wait_for("the default ServiceAccount", lambda: bool(
-        core.list_namespaced_service_account("default", field_selector="metadata.name=default").items), 60)
+    wait_for(
+        "the default ServiceAccount",
+        lambda: bool(core.list_namespaced_service_account("default", field_selector="metadata.name=default").items),
+        60,
+    )
 
 
 # ---------------------------------------------------------------- per-node isolation
@@ -464,7 +589,8 @@ def setup_node_isolation(name: str) -> None:
     minor = os.minor(os.stat(loop).st_rdev)
     major = os.major(os.stat(loop).st_rdev)
     (CGROUP_ROOT / "blkio" / CGROUP_NAME / name / "blkio.throttle.write_bps_device").write_text(
-        f"{major}:{minor} {NODE_WRITE_MBPS * 1024 * 1024}")
+        f"{major}:{minor} {NODE_WRITE_MBPS * 1024 * 1024}"
+    )
 
 
 def teardown_isolation() -> None:
@@ -574,8 +700,23 @@ def up() -> None:
     apply_crds(api, bin_dir / "kwok-assets")
     create_nodes(api)
     start_kwok(bin_dir, admin)
-    start("agent", [sys.executable, HERE / "agent.py", "--kubeconfig", admin, "--bin-dir", bin_dir,
-                    "--state", STATE, "--registry", REGISTRY, "--cgroup", CGROUP_NAME])
+    start(
+        "agent",
+        [
+            sys.executable,
+            HERE / "agent.py",
+            "--kubeconfig",
+            admin,
+            "--bin-dir",
+            bin_dir,
+            "--state",
+            STATE,
+            "--registry",
+            REGISTRY,
+            "--cgroup",
+            CGROUP_NAME,
+        ],
+    )
     wait_nodes_ready(api)
     env = write_env(bin_dir, admin, docker_config(bin_dir))
     log(f"up in {time.monotonic() - t0:.1f}s: {NODES} nodes; source {env}")

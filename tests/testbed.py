@@ -50,8 +50,11 @@ class Testbed:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         core = client.CoreV1Api(self.api())
         core.create_namespace({"metadata": {"name": name, "labels": {"buildfan.dev/test": "true"}}})
-        wait_until(lambda: bool(core.list_namespaced_service_account(
-            name, field_selector="metadata.name=default").items), 30, "default ServiceAccount")
+        wait_until(
+            lambda: bool(core.list_namespaced_service_account(name, field_selector="metadata.name=default").items),
+            30,
+            "default ServiceAccount",
+        )
         try:
             yield name
         finally:

@@ -58,9 +58,12 @@ QUICK = "FROM scratch\nCOPY file.txt /file.txt\n"
 
 def test_binpack_without_placement_packs_builders_on_one_node(testbed: Testbed, tmp_path: Path) -> None:
     with testbed.namespace() as ns:
-        m = write_matrix(tmp_path, ns, {"a": QUICK, "b": QUICK, "c": QUICK},
-                         {"driver-opts": {"schedulername": "binpack", "requests.cpu": "500m"},
-                          "placement": {"spread": "none"}})
+        m = write_matrix(
+            tmp_path,
+            ns,
+            {"a": QUICK, "b": QUICK, "c": QUICK},
+            {"driver-opts": {"schedulername": "binpack", "requests.cpu": "500m"}, "placement": {"spread": "none"}},
+        )
         r = buildfan(testbed, "run", str(m), "--no-build", "--report", str(tmp_path / "r.json"))
         assert r.returncode == 0, r.stderr[-3000:]
         rep = report_of(tmp_path / "r.json")
@@ -72,9 +75,15 @@ def test_binpack_without_placement_packs_builders_on_one_node(testbed: Testbed, 
 
 def test_spread_puts_builders_on_three_nodes(testbed: Testbed, tmp_path: Path) -> None:
     with testbed.namespace() as ns:
-        m = write_matrix(tmp_path, ns, {"a": QUICK, "b": QUICK, "c": QUICK},
-                         {"driver-opts": {"schedulername": "binpack", "requests.cpu": "500m"},
-                          "placement": {"spread": "kubernetes.io/hostname", "max-skew": 1}})
+        m = write_matrix(
+            tmp_path,
+            ns,
+            {"a": QUICK, "b": QUICK, "c": QUICK},
+            {
+                "driver-opts": {"schedulername": "binpack", "requests.cpu": "500m"},
+                "placement": {"spread": "kubernetes.io/hostname", "max-skew": 1},
+            },
+        )
         r = buildfan(testbed, "run", str(m), "--no-build", "--report", str(tmp_path / "r.json"))
         assert r.returncode == 0, r.stderr[-3000:]
         rep = report_of(tmp_path / "r.json")
@@ -87,9 +96,12 @@ def test_pod_template_from_configmap_takes_effect(testbed: Testbed, tmp_path: Pa
     core = client.CoreV1Api(testbed.api())
     with testbed.namespace() as ns:
         template = {"spec": {"nodeSelector": {"kubernetes.io/hostname": "node-b"}}}
-        core.create_namespaced_config_map(ns, {"metadata": {"name": "tpl"}, "data": {"template": yaml.safe_dump(template)}})
-        m = write_matrix(tmp_path, ns, {"a": QUICK, "b": QUICK},
-                         {"placement": {"spread": "none"}, "pod-template-configmap": "tpl"})
+        core.create_namespaced_config_map(
+            ns, {"metadata": {"name": "tpl"}, "data": {"template": yaml.safe_dump(template)}}
+        )
+        m = write_matrix(
+            tmp_path, ns, {"a": QUICK, "b": QUICK}, {"placement": {"spread": "none"}, "pod-template-configmap": "tpl"}
+        )
         r = buildfan(testbed, "run", str(m), "--no-build", "--report", str(tmp_path / "r.json"))
         assert r.returncode == 0, r.stderr[-3000:]
         rep = report_of(tmp_path / "r.json")
@@ -99,11 +111,17 @@ def test_pod_template_from_configmap_takes_effect(testbed: Testbed, tmp_path: Pa
 
 def test_three_real_builds_from_distinct_bases(testbed: Testbed, tmp_path: Path) -> None:
     reg = testbed.registry
-    images = {f"img{n}": f"FROM {reg}/base:{n}\nCOPY file.txt /file.txt\nRUN cat /file.txt /etc/buildfan-base/layer1\n"
-              for n in (1, 2, 3)}
+    images = {
+        f"img{n}": f"FROM {reg}/base:{n}\nCOPY file.txt /file.txt\nRUN cat /file.txt /etc/buildfan-base/layer1\n"
+        for n in (1, 2, 3)
+    }
     with testbed.namespace() as ns:
-        m = write_matrix(tmp_path, ns, images, {"driver-opts": {"schedulername": "binpack"},
-                                                 "placement": {"spread": "kubernetes.io/hostname"}})
+        m = write_matrix(
+            tmp_path,
+            ns,
+            images,
+            {"driver-opts": {"schedulername": "binpack"}, "placement": {"spread": "kubernetes.io/hostname"}},
+        )
         r = buildfan(testbed, "run", str(m), "--report", str(tmp_path / "r.json"))
         assert r.returncode == 0, r.stderr[-3000:]
         rep = report_of(tmp_path / "r.json")
@@ -123,8 +141,12 @@ def test_three_real_builds_from_distinct_bases(testbed: Testbed, tmp_path: Path)
 
 def test_a_failing_build_fails_the_run_and_cleans_up(testbed: Testbed, tmp_path: Path) -> None:
     with testbed.namespace() as ns:
-        m = write_matrix(tmp_path, ns, {"good": QUICK, "bad": "FROM scratch\nCOPY does-not-exist /x\n"},
-                         {"placement": {"spread": "kubernetes.io/hostname"}})
+        m = write_matrix(
+            tmp_path,
+            ns,
+            {"good": QUICK, "bad": "FROM scratch\nCOPY does-not-exist /x\n"},
+            {"placement": {"spread": "kubernetes.io/hostname"}},
+        )
         r = buildfan(testbed, "run", str(m), "--report", str(tmp_path / "r.json"))
         assert r.returncode == 1, r.stderr[-3000:]
         rep = report_of(tmp_path / "r.json")
@@ -140,8 +162,13 @@ def test_sigterm_mid_build_tears_down_and_exits_130(testbed: Testbed, tmp_path: 
     with testbed.namespace() as ns:
         m = write_matrix(tmp_path, ns, {"slow": f"FROM {reg}/base:2\nRUN sleep 120\n"}, {})
         run_file = tmp_path / "run.json"
-        proc = subprocess.Popen([*BUILDFAN, "--log-format", "plain", "run", str(m), "--run-file", str(run_file)],
-                                env=testbed.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [*BUILDFAN, "--log-format", "plain", "run", str(m), "--run-file", str(run_file)],
+            env=testbed.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             if "building" in line:
@@ -161,13 +188,19 @@ def test_gc_removes_an_orphan_and_leaves_an_unlabelled_decoy(testbed: Testbed) -
 
     def deployment(name: str, labels: dict[str, str]) -> dict[str, Any]:
         sel = {"app": name}
-        return {"metadata": {"name": name, "labels": {**sel, **labels}},
-                "spec": {"replicas": 0, "selector": {"matchLabels": sel}, "template": {
-                    "metadata": {"labels": sel}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}}
+        return {
+            "metadata": {"name": name, "labels": {**sel, **labels}},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": sel},
+                "template": {"metadata": {"labels": sel}, "spec": {"containers": [{"name": "c", "image": "x"}]}},
+            },
+        }
 
     with testbed.namespace() as ns:
-        apps.create_namespaced_deployment(ns, deployment("orphan", {
-            "app.kubernetes.io/managed-by": "buildfan", "buildfan.dev/run": "deadbeef"}))
+        apps.create_namespaced_deployment(
+            ns, deployment("orphan", {"app.kubernetes.io/managed-by": "buildfan", "buildfan.dev/run": "deadbeef"})
+        )
         apps.create_namespaced_deployment(ns, deployment("decoy", {"buildfan.dev/run": "deadbeef"}))
         r = buildfan(testbed, "gc", "--older-than", "0s", "--namespace", ns)
         assert r.returncode == 0, r.stderr
@@ -180,7 +213,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(testbed: Testbed, tmp_p
     apps = client.AppsV1Api(testbed.api())
     with testbed.namespace() as ns:
         forbidden = {"spec": {"containers": [{"name": "buildkitd", "image": "evil:latest"}]}}
-        core.create_namespaced_config_map(ns, {"metadata": {"name": "bad"}, "data": {"template": yaml.safe_dump(forbidden)}})
+        core.create_namespaced_config_map(
+            ns, {"metadata": {"name": "bad"}, "data": {"template": yaml.safe_dump(forbidden)}}
+        )
         cases = {
             "cm": ({"pod-template-configmap": "bad"}, ns, "must not change the buildkitd container's image"),
             "ns": ({}, "no-such-namespace", "namespace 'no-such-namespace' not found"),

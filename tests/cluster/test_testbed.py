@@ -18,16 +18,31 @@ def _deployment(name: str, scheduler: str, spread: bool) -> dict[str, object]:
     labels = {"app": name, "group": "trio"}
     spec: dict[str, object] = {
         "schedulerName": scheduler,
-        "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10",
-                        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}],
+        "containers": [
+            {
+                "name": "pause",
+                "image": "registry.k8s.io/pause:3.10",
+                "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+            }
+        ],
     }
     if spread:
-        spec["topologySpreadConstraints"] = [{
-            "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
-            "labelSelector": {"matchLabels": {"group": "trio"}}}]
-    return {"metadata": {"name": name, "labels": labels},
-            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels}, "spec": spec}}}
+        spec["topologySpreadConstraints"] = [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": {"group": "trio"}},
+            }
+        ]
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": spec},
+        },
+    }
 
 
 def _nodes_of_three(tb: Testbed, spread: bool) -> list[str]:
@@ -59,21 +74,49 @@ def test_buildx_kubernetes_driver_builds_for_real_and_rm_leaves_nothing(testbed:
     ctx.mkdir()
     (ctx / "hello.txt").write_text("hello\n")
     (ctx / "Dockerfile").write_text(
-        f"FROM {testbed.registry}/base:1\nRUN echo built > /built.txt && cat /etc/os-release\nCOPY hello.txt /hello.txt\n")
+        f"FROM {testbed.registry}/base:1\n"
+        "RUN echo built > /built.txt && cat /etc/os-release\n"
+        "COPY hello.txt /hello.txt\n"
+    )
     builder = f"tb-{uuid.uuid4().hex[:6]}"
     apps, core = client.AppsV1Api(testbed.api()), client.CoreV1Api(testbed.api())
     daemons_before = set(testbed.daemon_pids())
     with testbed.namespace() as ns:
-        testbed.run("docker", "buildx", "create", "--name", builder, "--driver", "kubernetes",
-                    "--driver-opt", f"namespace={ns}", "--bootstrap", timeout=180)
+        testbed.run(
+            "docker",
+            "buildx",
+            "create",
+            "--name",
+            builder,
+            "--driver",
+            "kubernetes",
+            "--driver-opt",
+            f"namespace={ns}",
+            "--bootstrap",
+            timeout=180,
+        )
         try:
             pod = core.list_namespaced_pod(ns).items[0]
             assert pod.spec.node_name.startswith("node-")
             assert len(set(testbed.daemon_pids()) - daemons_before) == 1
-            build = testbed.run("docker", "buildx", "build", "--builder", builder, "--progress=rawjson",
-                                "--metadata-file", str(tmp_path / "meta.json"), str(ctx), timeout=600)
-            statuses = [s["id"] for line in build.stderr.splitlines() if line.startswith("{")
-                        for s in json.loads(line).get("statuses", [])]
+            build = testbed.run(
+                "docker",
+                "buildx",
+                "build",
+                "--builder",
+                builder,
+                "--progress=rawjson",
+                "--metadata-file",
+                str(tmp_path / "meta.json"),
+                str(ctx),
+                timeout=600,
+            )
+            statuses = [
+                s["id"]
+                for line in build.stderr.splitlines()
+                if line.startswith("{")
+                for s in json.loads(line).get("statuses", [])
+            ]
             assert any(i.startswith("extracting sha256:") for i in statuses), build.stderr[-2000:]
             assert "buildx.build.ref" in json.loads((tmp_path / "meta.json").read_text())
         finally:

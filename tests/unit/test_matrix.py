@@ -170,9 +170,7 @@ images:
         ("schedulername", "binpack"),
         ("requests.memory", "4Gi"),
     )
-    assert api.builder.placement == PlacementSpec(
-        "topology.kubernetes.io/zone", 2, "ScheduleAnyway", "preferred"
-    )
+    assert api.builder.placement == PlacementSpec("topology.kubernetes.io/zone", 2, "ScheduleAnyway", "preferred")
     assert (api.builder.pod_template, api.builder.pod_template_configmap) == (None, "my-buildkit-template")
     assert web.builder.placement == PlacementSpec(None, 2, "DoNotSchedule", None)
     assert web.builder.pod_template is not None
@@ -194,9 +192,7 @@ spec:
   affinity: {nodeAffinity: {}}
 """
     )
-    template = (
-        load_matrix(write_matrix(with_builder("  pod-template: t.yaml"))).images[0].builder.pod_template
-    )
+    template = load_matrix(write_matrix(with_builder("  pod-template: t.yaml"))).images[0].builder.pod_template
     assert isinstance(template, PodTemplate)
     assert template.source == str(project / "t.yaml")
     data = template.as_dict()
@@ -313,9 +309,7 @@ def test_values_are_slugged_into_names(write_matrix: WriteMatrix) -> None:
 
 def test_malformed_yaml_names_file_and_line(write_matrix: WriteMatrix) -> None:
     path = write_matrix("images:\n  - name: api\n    context: [unclosed\n")
-    assert re.fullmatch(
-        rf"{re.escape(str(path))}: line \d+: invalid YAML: .+; fix the YAML syntax", error_of(path)
-    )
+    assert re.fullmatch(rf"{re.escape(str(path))}: line \d+: invalid YAML: .+; fix the YAML syntax", error_of(path))
 
 
 def test_duplicate_yaml_keys_are_rejected(write_matrix: WriteMatrix) -> None:
@@ -441,9 +435,7 @@ def test_image_level_driver_opt_error_names_the_image(write_matrix: WriteMatrix)
     ],
 )
 def test_placement_errors(write_matrix: WriteMatrix, placement: str, key: str, what: str) -> None:
-    assert_error(
-        write_matrix, with_builder(f"  placement:\n    {placement}"), f"builder.placement.{key}", what
-    )
+    assert_error(write_matrix, with_builder(f"  placement:\n    {placement}"), f"builder.placement.{key}", what)
 
 
 def test_unknown_builder_key(write_matrix: WriteMatrix) -> None:
@@ -481,9 +473,7 @@ def test_bad_configmap_name(write_matrix: WriteMatrix) -> None:
         ("[a]", "(top level)", "expected a mapping"),
     ],
 )
-def test_pod_template_errors(
-    write_matrix: WriteMatrix, project: Path, template: str, where: str, what: str
-) -> None:
+def test_pod_template_errors(write_matrix: WriteMatrix, project: Path, template: str, where: str, what: str) -> None:
     (project / "t.yaml").write_text(template + "\n")
     path = write_matrix(with_builder("  pod-template: t.yaml"))
     message = error_of(path)
@@ -497,9 +487,7 @@ def test_pod_template_file_errors(write_matrix: WriteMatrix, project: Path) -> N
     assert error_of(path).startswith(f"{path}: builder.pod-template: cannot read missing.yaml")
     (project / "bad.yaml").write_text("spec:\n  containers: [\n")
     path = write_matrix(with_builder("  pod-template: bad.yaml"))
-    assert re.match(
-        rf"{re.escape(str(path))}: builder.pod-template: bad.yaml line \d+: invalid YAML", error_of(path)
-    )
+    assert re.match(rf"{re.escape(str(path))}: builder.pod-template: bad.yaml line \d+: invalid YAML", error_of(path))
 
 
 # --- errors: matrix ------------------------------------------------------------------------------------
@@ -536,17 +524,13 @@ def test_axis_reference_without_matrix(write_matrix: WriteMatrix) -> None:
 
 
 def test_duplicate_names_after_expansion(write_matrix: WriteMatrix) -> None:
-    text = (
-        API + "  - name: api-a\n    context: services/web\nmatrix:\n  v: [a]\n  include: [{image: api-a}]\n"
-    )
+    text = API + "  - name: api-a\n    context: services/web\nmatrix:\n  v: [a]\n  include: [{image: api-a}]\n"
     # api x a -> api-a; api-a x a -> api-a-a; include {image: api-a} only extends api-a-a.
     assert [i.name for i in load_matrix(write_matrix(text)).images] == ["api-a", "api-a-a"]
     text = API + "  - name: api-a\n    context: services/web\nmatrix:\n  v: [a, '']\n"
     assert_error(write_matrix, text, "images[0].name", "empty name part")
     text = (
-        API
-        + "  - name: api-x\n    context: services/web\n"
-        + "matrix:\n  v: [x]\n  include: [{image: api-x, v: ''}]\n"
+        API + "  - name: api-x\n    context: services/web\n" + "matrix:\n  v: [x]\n  include: [{image: api-x, v: ''}]\n"
     )
     assert_error(write_matrix, text, "images[1].name", "empty name part")
 

@@ -271,12 +271,8 @@ def test_rootless_with_memory_volume() -> None:
 
 def test_root_volume_memory() -> None:
     spec = pod_spec(**{"buildkit-root-volume-memory": "1Gi"})
-    assert spec["volumes"] == [
-        {"name": "buildkit-memory", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}
-    ]
-    assert spec["containers"][0]["volumeMounts"] == [
-        {"name": "buildkit-memory", "mountPath": "/var/lib/buildkit"}
-    ]
+    assert spec["volumes"] == [{"name": "buildkit-memory", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}]
+    assert spec["containers"][0]["volumeMounts"] == [{"name": "buildkit-memory", "mountPath": "/var/lib/buildkit"}]
 
 
 def test_resources_keep_upstream_quirk() -> None:
@@ -309,10 +305,7 @@ def test_qemu_init_container() -> None:
             "resources": {},
         }
     ]
-    assert (
-        pod_spec(**{"qemu.install": "true", "qemu.image": "my/binfmt"})["initContainers"][0]["image"]
-        == "my/binfmt"
-    )
+    assert pod_spec(**{"qemu.install": "true", "qemu.image": "my/binfmt"})["initContainers"][0]["image"] == "my/binfmt"
     assert "initContainers" not in pod_spec(**{"qemu.install": "false", "qemu.image": "my/binfmt"})
     rootless = pod_spec(**{"qemu.install": "t", "rootless": "true"})
     assert rootless["initContainers"][0]["securityContext"] == {"privileged": True}

@@ -272,8 +272,7 @@ BUILDX_FAILURE = [
     "   2 | >>> RUN make",
     "   3 |     ",
     "--------------------",
-    'ERROR: failed to build: failed to solve: process "/bin/sh -c make" did not complete successfully: '
-    "exit code: 2",
+    'ERROR: failed to build: failed to solve: process "/bin/sh -c make" did not complete successfully: exit code: 2',
 ]
 
 
@@ -283,9 +282,7 @@ def failing_stream() -> list[str]:
         line(vertexes=[vertex(RUN, RUN_NAME, started=ts(1))]),
         line(logs=[{"vertex": RUN, "stream": 2, "data": b64("cc -o x x.c\n"), "timestamp": ts(2)}]),
         line(logs=[{"vertex": RUN, "stream": 2, "data": b64("x.c:1: error\n"), "timestamp": ts(2)}]),
-        line(
-            vertexes=[vertex("sha256:c2", "[3/3] COPY . /", started=ts(1), completed=ts(3), error="canceled")]
-        ),
+        line(vertexes=[vertex("sha256:c2", "[3/3] COPY . /", started=ts(1), completed=ts(3), error="canceled")]),
         line(vertexes=[vertex(RUN, RUN_NAME, started=ts(1), completed=ts(3), error=error)]),
         *(text + "\n" for text in BUILDX_FAILURE),
     ]

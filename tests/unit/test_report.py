@@ -56,9 +56,7 @@ def result(
 
 def fixture_results() -> list[BuildResult]:
     return [
-        result(
-            "cold", "cold-pull-two-layers.jsonl", NODE_A, tags=("r/cold:1",), matrix_values=(("py", "3.12"),)
-        ),
+        result("cold", "cold-pull-two-layers.jsonl", NODE_A, tags=("r/cold:1",), matrix_values=(("py", "3.12"),)),
         result("conc", "concurrent-distinct-base.jsonl", NODE_A2),
         result("warm", "warm-cached-base.jsonl", NODE_B),
         result("broken", None, None, status="failed", error="failed to solve: exit code: 2\nmore"),
@@ -149,9 +147,7 @@ def at(second: float) -> datetime:
 
 
 def layer(start: float, end: float | None, digest: str = "sha256:l1", size: int = 10_000_000) -> LayerTiming:
-    return LayerTiming(
-        digest, size, extract_started=at(start), extract_completed=None if end is None else at(end)
-    )
+    return LayerTiming(digest, size, extract_started=at(start), extract_completed=None if end is None else at(end))
 
 
 def placed(image: str, builder: str, *layers: LayerTiming, node: str = "n1") -> BuildResult:
