@@ -139,6 +139,8 @@ class Agent:
 
     def spawn(self, node: str, root: Path, sock: Path, args: list[str], tag: str) -> subprocess.Popen[bytes]:
         cg = [CGROUP_ROOT / c / self.cgroup / node / "cgroup.procs" for c in ("cpu", "blkio")]
+        for procs in cg:  # nodes added after `up` (benchmarks) get unlimited cgroups of their own
+            procs.parent.mkdir(parents=True, exist_ok=True)
         enter = " && ".join(f"echo $$ > {p}" for p in cg)
         flags = [a for a in args if a.startswith(PASSTHROUGH_FLAGS)]
         cmd = [
