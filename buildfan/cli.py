@@ -11,12 +11,15 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 import yaml
@@ -42,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"buildfan {__version__}")
     p.add_argument(
         "--log-format",
-        choices=("auto", "console", "plain", "json"),
+        choices=("auto", "console", "plain", "text", "json"),
         default="auto",
         help="log rendering (default: console on a terminal, plain otherwise)",
     )
@@ -53,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     _plan_parser(sub)
     _gc_parser(sub)
+    _report_parser(sub)
+    _action_parser(sub)
     return p
 
 
@@ -77,6 +82,8 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         action="store_true",
         help="create and place the builders, report placement, tear down; build nothing",
     )
+    r.add_argument("--namespace", help="namespace for the builders (default: the matrix's, else the context's)")
+    r.add_argument("--svg", type=Path, help="timeline picture (default: timeline.svg next to the report)")
     r.add_argument(
         "--run-file",
         type=Path,
@@ -134,20 +141,55 @@ def parse_duration(text: str) -> dt.timedelta:
 def cmd_run(args: argparse.Namespace) -> int:
     from buildfan import console, runner
     from buildfan.cluster import Cluster
-    from buildfan.report import format_table, write_report
 
     matrix = load_matrix(args.matrix)
+    if args.namespace:
+        matrix = dataclasses.replace(matrix, namespace=args.namespace)
     opts = runner.RunOptions(jobs=args.jobs, fail_fast=args.fail_fast, build=not args.no_build)
     cluster = Cluster(args.kubeconfig, args.context)
     if args.run_file:
         _write_run_file(args.run_file, opts.run_id, matrix.namespace or cluster.default_namespace)
-    with runner.interrupts(), console.Console(sys.stdout) as view:
+    view = console.choose(sys.stdout, [i.name for i in matrix.images], os.environ)
+    with runner.interrupts(), view:
         outcome = runner.run(matrix, opts, view.event, cluster=cluster)
-    write_report(outcome.report, args.report)
-    print(format_table(outcome.report))
-    print(f"report: {args.report}")
-    failed = outcome.report["summary"]["failed"]
-    return EXIT_BUILD_FAILED if failed else EXIT_OK
+    publish(outcome.report, args.report, args.svg or args.report.with_name("timeline.svg"))
+    return EXIT_BUILD_FAILED if outcome.report["summary"]["failed"] else EXIT_OK
+
+
+def publish(report: dict[str, Any], report_path: Path, svg: Path) -> None:
+    """Write the report and its picture, print the summary, and hand results to the CI system, if any."""
+    from buildfan import ci, timeline
+    from buildfan.report import format_table, write_report
+
+    write_report(report, report_path)
+    timeline.write_svg(report, svg)
+    print(format_table(report))
+    print(f"report: {report_path}  timeline: {svg}")
+    if ci.github_active(os.environ):
+        if "GITHUB_OUTPUT" in os.environ:
+            ci.write_github_outputs(ci.github_outputs(report, report_path), os.environ["GITHUB_OUTPUT"])
+        if "GITHUB_STEP_SUMMARY" in os.environ:
+            ci.write_step_summary(report, os.environ["GITHUB_STEP_SUMMARY"])
+    if ci.gitlab_active(os.environ):
+        written = ci.write_gitlab_reports(report, report_path.parent)
+        print("gitlab reports: " + ", ".join(str(p) for p in written.values()))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from buildfan import timeline
+    from buildfan.report import format_table
+
+    try:
+        report = json.loads(args.report.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{args.report}: cannot read a buildfan report: {e}") from e
+    if not isinstance(report, dict) or report.get("schema") != "buildfan-report/v1":
+        raise UserError(f"{args.report}: not a buildfan-report/v1 report")
+    print(format_table(report))
+    if args.svg:
+        timeline.write_svg(report, args.svg)
+        print(f"timeline: {args.svg}")
+    return EXIT_OK
 
 
 def _write_run_file(path: Path, run_id: str, namespace: str) -> None:
@@ -200,7 +242,29 @@ def _read_run_file(path: Path) -> tuple[str, str]:
         raise UserError(f"{path}: not a run file written by `buildfan run --run-file` ({e})") from e
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "gc": cmd_gc}
+def _report_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rp = sub.add_parser("report", help="print a report's summary tables and redraw its timeline picture")
+    rp.add_argument("report", type=Path, help="a buildfan-report.json")
+    rp.add_argument("--svg", type=Path, help="write the timeline picture (SVG) here")
+
+
+def _action_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    a = sub.add_parser("action", help="the GitHub Action's entry points (reads INPUT_* variables)")
+    a.add_argument("step", choices=("main", "post"), help="main: run the matrix; post: clean up after it")
+
+
+def cmd_action(args: argparse.Namespace) -> int:
+    from buildfan import action
+
+    return action.main_step(run_cli) if args.step == "main" else action.post_step(run_cli)
+
+
+def run_cli(argv: list[str]) -> int:
+    """Parse and run one command line in-process (the Action builds its own)."""
+    return dispatch(parser().parse_args(argv))
+
+
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "gc": cmd_gc, "report": cmd_report, "action": cmd_action}
 
 
 # ---------------------------------------------------------------- entry point
@@ -209,6 +273,10 @@ COMMANDS = {"run": cmd_run, "plan": cmd_plan, "gc": cmd_gc}
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     log.configure(args.log_format, args.verbose)
+    return dispatch(args)
+
+
+def dispatch(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except BuildfanError as e:

@@ -11,6 +11,8 @@ import structlog
 def configure(fmt: str = "auto", verbose: bool = False) -> None:
     """fmt: auto (console on a TTY, plain key=value otherwise), console, or json. Logs go to stderr."""
     level = logging.DEBUG if verbose else logging.INFO
+    if fmt == "text":
+        fmt = "plain"
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "plain"
     renderer: structlog.typing.Processor

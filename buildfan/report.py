@@ -19,6 +19,7 @@ durations are seconds rounded to 3 decimals, sizes are bytes, MB is 10**6 bytes;
         "started_at": time, "finished_at": time, "duration_s": float,
         "digest": str?, "tags": [str], "matrix": {str: str},
         "error": str?,
+        "error_location": {"file": str, "line": int}?,   # the failing Dockerfile line
         "base_cached": bool,              # base image already present: nothing downloaded/extracted
         "extraction": {
           "total_s": float,               # sum of layer extraction times
@@ -52,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from buildfan.placement import Placement
-from buildfan.progress import LayerTiming
+from buildfan.progress import LayerTiming, SourceLocation
 
 SCHEMA = "buildfan-report/v1"
 STATUSES = ("succeeded", "failed")
@@ -77,6 +78,7 @@ class BuildResult:
     base_cached: bool = False
     tags: tuple[str, ...] = ()
     matrix_values: tuple[tuple[str, str], ...] = ()
+    error_location: SourceLocation | None = None  # the failing Dockerfile line, when BuildKit names it
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -162,9 +164,14 @@ def image_entry(result: BuildResult) -> dict[str, Any]:
         "tags": list(result.tags),
         "matrix": dict(result.matrix_values),
         "error": result.error,
+        "error_location": _location(result.error_location),
         "base_cached": result.base_cached,
         "extraction": extraction_summary(result.layers),
     }
+
+
+def _location(loc: SourceLocation | None) -> dict[str, Any] | None:
+    return None if loc is None else {"file": loc.filename, "line": loc.line}
 
 
 # -- nodes -------------------------------------------------------------------------------------------

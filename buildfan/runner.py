@@ -28,13 +28,13 @@ from buildfan.matrix import ImageSpec, Matrix
 from buildfan.placement import Placement
 from buildfan.plan import IMAGE_LABEL, RUN_LABEL, BuilderPlan, new_run_id, plan_builders
 from buildfan.pod_template import apply_template
-from buildfan.progress import ProgressEvent, ProgressTracker
+from buildfan.progress import ProgressEvent, ProgressTracker, SourceLocation
 from buildfan.report import BuildResult, Report, build_report
 from buildfan.teardown import Teardown
 
 log = structlog.get_logger("buildfan.runner")
 
-EventSink = Callable[[str, ProgressEvent | str], None]
+EventSink = Callable[[str, ProgressEvent | str | BuildResult], None]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,13 @@ class RunOptions:
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 # ---------------------------------------------------------------- prepare: validation, no cluster writes
@@ -173,6 +180,11 @@ class ImageRun:
     cancelled: threading.Event
 
     def __call__(self) -> BuildResult:
+        result = self.attempt()
+        self.sink(self.image.name, result)
+        return result
+
+    def attempt(self) -> BuildResult:
         started = now()
         try:
             self.create_builder()
@@ -181,7 +193,6 @@ class ImageRun:
                 return self._result("succeeded", started, placement)
             return self.run_build(started, placement)
         except BuildxError as e:
-            self.sink(self.image.name, f"failed: {e}")
             return self._result("failed", started, self.placements.get(self.image.name, 0), error=str(e))
 
     def create_builder(self) -> None:
@@ -209,8 +220,17 @@ class ImageRun:
                         self.sink(self.image.name, ev)
             except BuildxError as e:
                 msg = tracker.failure_message or e.detail
-                return self._result("failed", build_started, placement, tracker, error=msg)
+                return self._result(
+                    "failed", build_started, placement, tracker, error=msg, error_location=self._location(tracker)
+                )
         return self._result("succeeded", build_started, placement, tracker, digest=read_digest(meta))
+
+    def _location(self, tracker: ProgressTracker) -> SourceLocation | None:
+        """The failing line, in the image's Dockerfile as the user names it (relative to the cwd)."""
+        src = tracker.failure_source
+        if src is None:
+            return None
+        return SourceLocation(_relative(self.image.file), src.line, src.snippet)
 
     def _result(
         self,
