@@ -29,13 +29,16 @@ FROM ${BUILDX_IMAGE} AS buildx
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/buildfan
+RUN python3 -m venv /opt/buildfan
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY buildfan/ buildfan/
 # A regular (not editable) install: the venv alone carries buildfan and its dependencies into the final stage.
+# Behind a TLS-intercepting proxy, pass its CA bundle as a build secret: `--secret id=pip-ca,src=ca.crt`.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    /opt/buildfan/bin/pip wheel --wheel-dir /tmp/wheels . \
+    --mount=type=secret,id=pip-ca,required=false \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && /opt/buildfan/bin/pip wheel --wheel-dir /tmp/wheels . \
     && /opt/buildfan/bin/pip install --no-index --find-links /tmp/wheels buildfan \
     && /opt/buildfan/bin/buildfan --help > /dev/null
 
