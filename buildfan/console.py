@@ -10,11 +10,14 @@ Three views over the same events (`sink(image, event)` from the runner):
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
+
+import structlog
 
 from buildfan import ci
 from buildfan.progress import ProgressEvent
@@ -140,6 +143,9 @@ class Live(Plain):
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __enter__(self) -> Live:
+        # Log lines would scroll the table out from under the cursor: only warnings while it is drawn.
+        self.saved_wrapper = structlog.get_config()["wrapper_class"]
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
         self.width = max([6, *map(len, self.images)])
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
@@ -149,6 +155,7 @@ class Live(Plain):
         self.stop.set()
         self.thread.join(2)
         self.draw()
+        structlog.configure(wrapper_class=self.saved_wrapper)
 
     def event(self, image: str, ev: Event) -> None:
         with self.lock:

@@ -78,7 +78,7 @@ def prepare(matrix: Matrix, cluster: Cluster, run_id: str) -> tuple[str, tuple[B
 
 @contextmanager
 def interrupts() -> Iterator[None]:
-    """SIGINT/SIGTERM raise Interrupted in the main thread (once), so that teardown runs."""
+    """SIGINT, SIGTERM and SIGHUP (a closed terminal) raise Interrupted in the main thread (once): teardown runs."""
     fired = threading.Event()
 
     def handler(signum: int, _frame: FrameType | None) -> None:
@@ -86,7 +86,7 @@ def interrupts() -> Iterator[None]:
             fired.set()
             raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
