@@ -43,8 +43,10 @@ def _use_kubeconfig(given: Mapping[str, str], env: Mapping[str, str]) -> None:
         return
     path = Path(env.get("RUNNER_TEMP") or Path(env.get("HOME", "/tmp")) / ".kube") / "buildfan-kubeconfig"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(given["kubeconfig"] + "\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file already existed with a wider mode
+    with os.fdopen(fd, "w") as f:
+        f.write(given["kubeconfig"] + "\n")
     os.environ["KUBECONFIG"] = str(path)
 
 

@@ -5,6 +5,7 @@ A buildx failure becomes a `BuildxError` carrying the builder or image name and 
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -137,31 +138,37 @@ def build_kwargs(image: ImageSpec) -> dict[str, Any]:
         "labels": dict(image.labels),
         "target": image.target,
         "secrets": list(image.secrets),
-        "cache_from": [_csv_dict(c) for c in image.cache_from] or None,
+        "cache_from": [_csv_dict(c, "type=registry,ref", f"image {image.name}: cache-from") for c in image.cache_from]
+        or None,
         "platforms": list(image.platforms) or None,
     }
     if len(image.cache_to) > 1:
         raise UserError(f"image {image.name}: cache-to: python-on-whales supports one cache export")
     if image.cache_to:
         kw["cache_to"] = image.cache_to[0]
-    kw.update(_output_kwargs(image.output))
+    kw.update(_output_kwargs(image.output, f"image {image.name}: output"))
     return kw
 
 
-def _output_kwargs(output: str | None) -> dict[str, Any]:
+def _output_kwargs(output: str | None, where: str) -> dict[str, Any]:
     if output in (None, "", "none"):
         return {}
     if output == "push":
         return {"push": True}
     if output == "load":
         return {"load": True}
-    return {"output": _csv_dict(str(output))}
+    return {"output": _csv_dict(str(output), "type=local,dest", where)}  # `-o PATH` is a local export
 
 
-def _csv_dict(spec: str) -> dict[str, str]:
-    if "=" not in spec:
-        return {"type": "registry", "ref": spec}
-    return dict(tuple(part.split("=", 1)) for part in spec.split(","))  # type: ignore[misc]
+def _csv_dict(spec: str, bare: str, where: str) -> dict[str, str]:
+    """buildx's CSV `k=v,k2=v2` syntax; a bare value means `<bare>=value` (as buildx reads it)."""
+    fields = next(csv.reader([spec]), [])
+    if len(fields) == 1 and "=" not in fields[0]:
+        fields = [*bare.split(",")[:-1], f"{bare.split(',')[-1]}={fields[0]}"]
+    pairs = [f.split("=", 1) for f in fields]
+    if not pairs or any(len(p) != 2 or not p[0] for p in pairs):
+        raise UserError(f"{where}: {spec!r} is not buildx's key=value,key=value syntax; e.g. type=local,dest=out")
+    return {k.strip(): v for k, v in pairs}
 
 
 def _bootstrap_transient(exc: BaseException) -> bool:

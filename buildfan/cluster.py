@@ -7,6 +7,7 @@ Third-party errors are translated here: an `ApiException` never leaves this modu
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -164,7 +165,7 @@ class Cluster:
         return Resource("Deployment", namespace, manifest["metadata"]["name"])
 
     def delete(self, res: Resource) -> None:
-        """Idempotent: NotFound is success. Foreground so that pods go with it."""
+        """Idempotent: NotFound is success. The garbage collector removes dependents (ReplicaSets, pods)."""
         fn = {
             "Deployment": self.apps.delete_namespaced_deployment,
             "ConfigMap": self.core.delete_namespaced_config_map,
@@ -268,9 +269,14 @@ class Cluster:
             log.warning("pod watch connection dropped, relisting", error=str(e))
 
 
+def _kubeconfig_path(kubeconfig: str | None) -> str | None:
+    """The client reads $KUBECONFIG once, at import; read it now, so a later change counts."""
+    return kubeconfig or os.environ.get("KUBECONFIG") or None
+
+
 def _load_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
     try:
-        return config.new_client_from_config(config_file=kubeconfig, context=context)
+        return config.new_client_from_config(config_file=_kubeconfig_path(kubeconfig), context=context)
     except ConfigException:
         if kubeconfig:
             raise
@@ -281,7 +287,7 @@ def _load_client(kubeconfig: str | None, context: str | None) -> client.ApiClien
 def namespace_from_kubeconfig(kubeconfig: str | None, context: str | None) -> str:
     """The namespace of the chosen kubeconfig context (a file read, no API call)."""
     try:
-        contexts, current = config.list_kube_config_contexts(config_file=kubeconfig)
+        contexts, current = config.list_kube_config_contexts(config_file=_kubeconfig_path(kubeconfig))
     except (ConfigException, FileNotFoundError, TypeError):
         return _incluster_namespace()
     chosen = next((c for c in contexts if c["name"] == context), current) if context else current

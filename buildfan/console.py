@@ -180,7 +180,8 @@ class Live(Plain):
             self.drawn = len(rows)
 
     def _row(self, image: str) -> str:
-        elapsed = time.monotonic() - self.since.get(image, time.monotonic())
+        now = time.monotonic()
+        elapsed = now - self.since.get(image, now)
         status = self.done.get(image) or f"{self.phase.get(image, 'waiting')} ({elapsed:.0f}s)"
         return f"  {image:<{self.width}}  {status}"[:200]
 

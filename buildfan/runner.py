@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from buildfan.buildx import Buildx, BuildxError, read_digest
+from buildfan.buildx import Buildx, BuildxError, build_kwargs, read_digest
 from buildfan.cluster import Cluster, Resource
 from buildfan.errors import Interrupted
 from buildfan.matrix import ImageSpec, Matrix
@@ -64,6 +64,8 @@ def prepare(matrix: Matrix, cluster: Cluster, run_id: str) -> tuple[str, tuple[B
 
     The only write is the short-lived scratch PodTemplate the pod-template merge needs (see cluster).
     """
+    for image in matrix.images:
+        build_kwargs(image)  # buildx option syntax errors surface now, before anything is created
     namespace = matrix.namespace or cluster.default_namespace
     cluster.check_namespace(namespace)
     plans = tuple(apply_template(p, cluster, matrix.path) for p in plan_builders(matrix, run_id, namespace))

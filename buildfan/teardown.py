@@ -61,8 +61,8 @@ class Teardown:
     def _rm_builder(self, name: str) -> str | None:
         try:
             self.buildx.remove(name)
-        except BuildxError as e:
-            return str(e)
+        except Exception as e:
+            return str(e) if isinstance(e, BuildxError) else f"builder {name}: {e!r}"
         return None
 
     def _delete(self, res: Resource) -> str | None:

@@ -35,11 +35,24 @@ def parse_github_outputs(text: str) -> dict[str, str]:
 
 def test_github_actions_outputs_summary_groups_and_annotations(testbed: Testbed, tmp_path: Path) -> None:
     with testbed.namespace() as ns:
-        m = write_matrix(tmp_path, ns, {"good": QUICK, "bad": FAILING}, {"placement": {"spread": "kubernetes.io/hostname"}})
+        m = write_matrix(
+            tmp_path, ns, {"good": QUICK, "bad": FAILING}, {"placement": {"spread": "kubernetes.io/hostname"}}
+        )
         outputs, summary = tmp_path / "out.txt", tmp_path / "summary.md"
-        env = {**testbed.env, "GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(outputs), "GITHUB_STEP_SUMMARY": str(summary)}
-        r = subprocess.run([*BUILDFAN, "run", str(m), "--report", str(tmp_path / "r.json")], env=env, text=True,
-                           capture_output=True, timeout=600, cwd=tmp_path)
+        env = {
+            **testbed.env,
+            "GITHUB_ACTIONS": "true",
+            "GITHUB_OUTPUT": str(outputs),
+            "GITHUB_STEP_SUMMARY": str(summary),
+        }
+        r = subprocess.run(
+            [*BUILDFAN, "run", str(m), "--report", str(tmp_path / "r.json")],
+            env=env,
+            text=True,
+            capture_output=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
         assert r.returncode == 1, r.stderr[-3000:]
         got = parse_github_outputs(outputs.read_text())
         assert got["report"] == str(tmp_path / "r.json")
@@ -63,8 +76,9 @@ def test_gitlab_ci_sections_and_reports(testbed: Testbed, tmp_path: Path) -> Non
         m = write_matrix(tmp_path, ns, {"one": QUICK, "two": FAILING}, {})
         out_dir = tmp_path / "out"
         env = {**testbed.env, "GITLAB_CI": "true"}
-        r = subprocess.run([*BUILDFAN, "run", str(m), "--report", str(out_dir / "r.json")], env=env,
-                           capture_output=True, timeout=600)  # bytes: text mode would turn GitLab's \r into \n
+        r = subprocess.run(
+            [*BUILDFAN, "run", str(m), "--report", str(out_dir / "r.json")], env=env, capture_output=True, timeout=600
+        )  # bytes: text mode would turn GitLab's \r into \n
         stdout = r.stdout.decode()
         assert r.returncode == 1, r.stderr[-3000:]
         assert stdout.count("\x1b[0Ksection_start:") == 2 and stdout.count("\x1b[0Ksection_end:") == 2
@@ -86,18 +100,35 @@ def test_gitlab_ci_sections_and_reports(testbed: Testbed, tmp_path: Path) -> Non
 def test_action_post_step_cleans_up_after_sigkill(testbed: Testbed, tmp_path: Path) -> None:
     apps = client.AppsV1Api(testbed.api())
     with testbed.namespace() as ns:
-        m = write_matrix(tmp_path, ns, {"slow": f"FROM {testbed.registry}/base:1\nRUN sleep 120\n"},
-                         {"placement": {"spread": "kubernetes.io/hostname"}})
+        m = write_matrix(
+            tmp_path,
+            ns,
+            {"slow": f"FROM {testbed.registry}/base:1\nRUN sleep 120\n"},
+            {"placement": {"spread": "kubernetes.io/hostname"}},
+        )
         home, state = tmp_path / "home", tmp_path / "state.txt"
         home.mkdir()
         state.touch()
         kubeconfig = Path(testbed.env["KUBECONFIG"]).read_text()
         env = {k: v for k, v in testbed.env.items() if k != "KUBECONFIG"}
-        env |= {"GITHUB_ACTIONS": "true", "HOME": str(home), "GITHUB_STATE": str(state),
-                "INPUT_MATRIX": str(m), "INPUT_KUBECONFIG": kubeconfig, "INPUT_REPORT": str(tmp_path / "r.json"),
-                "INPUT_FAIL-FAST": "false", "INPUT_LOG-FORMAT": "json"}
-        main = subprocess.Popen([*BUILDFAN, "action", "main"], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        env |= {
+            "GITHUB_ACTIONS": "true",
+            "HOME": str(home),
+            "GITHUB_STATE": str(state),
+            "INPUT_MATRIX": str(m),
+            "INPUT_KUBECONFIG": kubeconfig,
+            "INPUT_REPORT": str(tmp_path / "r.json"),
+            "INPUT_FAIL-FAST": "false",
+            "INPUT_LOG-FORMAT": "json",
+        }
+        main = subprocess.Popen(
+            [*BUILDFAN, "action", "main"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         assert main.stdout is not None
         for line in main.stdout:
             if "building" in line:

@@ -20,8 +20,19 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def builder(testbed: Testbed) -> Iterator[str]:
     name = f"img-{uuid.uuid4().hex[:6]}"
-    testbed.run("docker", "buildx", "create", "--name", name, "--driver", "kubernetes", "--driver-opt",
-                "namespace=default", "--bootstrap", timeout=180)
+    testbed.run(
+        "docker",
+        "buildx",
+        "create",
+        "--name",
+        name,
+        "--driver",
+        "kubernetes",
+        "--driver-opt",
+        "namespace=default",
+        "--bootstrap",
+        timeout=180,
+    )
     try:
         yield name
     finally:
@@ -38,8 +49,17 @@ def push_scratch_image(tb: Testbed, builder: str, tmp: Path, ref: str, files: di
         lines.append(f"COPY --chmod=0755 {src.name} {dest}")
     (ctx / "Dockerfile").write_text("\n".join(lines) + "\n")
     full = f"{tb.registry}/{ref}"
-    tb.run("docker", "buildx", "build", "--builder", builder, "--output",
-           f"type=image,name={full},push=true,registry.insecure=true", str(ctx), timeout=300)
+    tb.run(
+        "docker",
+        "buildx",
+        "build",
+        "--builder",
+        builder,
+        "--output",
+        f"type=image,name={full},push=true,registry.insecure=true",
+        str(ctx),
+        timeout=300,
+    )
     return full
 
 
@@ -48,13 +68,29 @@ def base_args(tb: Testbed, builder: str, tmp: Path) -> list[str]:
     plugin = Path(tb.env["DOCKER_CONFIG"]) / "cli-plugins" / "docker-buildx"
     cli = push_scratch_image(tb, builder, tmp, "tools/docker-cli:test", {"/usr/local/bin/docker": docker})
     bx = push_scratch_image(tb, builder, tmp, "tools/buildx-bin:test", {"/buildx": plugin.resolve()})
-    return ["--build-arg", f"PYTHON_IMAGE={tb.registry}/base:2", "--build-arg", f"DOCKER_CLI_IMAGE={cli}",
-            "--build-arg", f"BUILDX_IMAGE={bx}"]
+    return [
+        "--build-arg",
+        f"PYTHON_IMAGE={tb.registry}/base:2",
+        "--build-arg",
+        f"DOCKER_CLI_IMAGE={cli}",
+        "--build-arg",
+        f"BUILDX_IMAGE={bx}",
+    ]
 
 
 def test_dockerfile_check_has_no_warnings(testbed: Testbed, builder: str, tmp_path: Path) -> None:
-    r = testbed.run("docker", "buildx", "build", "--builder", builder, "--call=check",
-                    *base_args(testbed, builder, tmp_path), str(REPO), timeout=300, check=False)
+    r = testbed.run(
+        "docker",
+        "buildx",
+        "build",
+        "--builder",
+        builder,
+        "--call=check",
+        *base_args(testbed, builder, tmp_path),
+        str(REPO),
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "no warnings found" in (r.stdout + r.stderr), r.stdout + r.stderr
 
@@ -62,10 +98,23 @@ def test_dockerfile_check_has_no_warnings(testbed: Testbed, builder: str, tmp_pa
 def test_image_builds_and_runs_buildfan_version(testbed: Testbed, builder: str, tmp_path: Path) -> None:
     oci = tmp_path / "image.tar"
     ca = testbed.env.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")  # this machine's proxy CA
-    r = testbed.run("docker", "buildx", "build", "--builder", builder, "--target", "runtime", "--secret",
-                    f"id=pip-ca,src={ca}", *base_args(testbed, builder, tmp_path),
-                    "--output", f"type=oci,dest={oci}", str(REPO),
-                    timeout=900, check=False)
+    r = testbed.run(
+        "docker",
+        "buildx",
+        "build",
+        "--builder",
+        builder,
+        "--target",
+        "runtime",
+        "--secret",
+        f"id=pip-ca,src={ca}",
+        *base_args(testbed, builder, tmp_path),
+        "--output",
+        f"type=oci,dest={oci}",
+        str(REPO),
+        timeout=900,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     layout = tmp_path / "layout"
     layout.mkdir()
@@ -81,8 +130,12 @@ def test_image_builds_and_runs_buildfan_version(testbed: Testbed, builder: str, 
     spec["process"]["args"] = ["buildfan", "--version"]
     spec["process"]["terminal"] = False
     (bundle / "config.json").write_text(json.dumps(spec))
-    run = subprocess.run(["runc", "run", "--bundle", bundle, f"buildfan-image-{uuid.uuid4().hex[:6]}"],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        ["runc", "run", "--bundle", bundle, f"buildfan-image-{uuid.uuid4().hex[:6]}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "buildfan 0.1.0"
     sh = subprocess.run(["test", "-x", bundle / "rootfs" / "bin" / "sh"], check=False)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 WriteMatrix = Callable[[str], Path]
 
@@ -32,3 +33,10 @@ def write_matrix(project: Path) -> WriteMatrix:
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """`main()` points structlog at the captured stderr of its test; later tests must not inherit it."""
+    yield
+    structlog.reset_defaults()
