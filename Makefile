@@ -36,8 +36,8 @@ $(TOOLS)/actionlint:
 tools: $(TOOLS)/actionlint ## test tools built from the Go module proxy (actionlint)
 
 lint: venv ## ruff and mypy
-	$(BIN)/ruff check buildfan tests testbed
-	$(BIN)/ruff format --check buildfan tests testbed
+	$(BIN)/ruff check buildfan tests testbed bench
+	$(BIN)/ruff format --check buildfan tests testbed bench
 	$(BIN)/mypy
 
 unit: venv ## unit tests only (no cluster)

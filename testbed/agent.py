@@ -263,8 +263,38 @@ class Agent:
         log(f"{d.namespace}/{d.pod}: buildkitd stopped, state removed")
 
     def stop_all(self) -> None:
-        for uid in list(self.daemons):
+        """Stop every daemon at once (one slow daemon must not leave the others behind)."""
+        with ThreadPoolExecutor(max_workers=max(1, len(self.daemons))) as pool:
+            for uid, outcome in zip(list(self.daemons), pool.map(self.stop_quietly, list(self.daemons)), strict=True):
+                if outcome:
+                    log(f"{uid}: {outcome}")
+
+    def stop_quietly(self, uid: str) -> str | None:
+        try:
             self.stop(uid)
+        except Exception as e:
+            return f"stop failed: {e!r}"
+        return None
+
+    def reap_previous(self) -> None:
+        """Daemons a previous agent recorded (it was killed): stop them; their pods get fresh ones."""
+        for f in (self.state / "daemons").glob("*.pid"):
+            pid = int(f.read_text().split()[0])
+            if _is_buildkitd(pid, self.state):
+                log(f"stopping buildkitd pid {pid} left by a previous agent")
+                os.kill(pid, signal.SIGKILL)
+            f.unlink(missing_ok=True)
+        for root in (self.state / "nodes").glob("*/pods/*"):
+            unmount_under(root)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _is_buildkitd(pid: int, state: Path) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return Path(argv[0].decode()).name == "buildkitd" and str(state).encode() in b" ".join(argv)
 
 
 def terminate(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
@@ -293,6 +323,7 @@ def main() -> int:
     ap.add_argument("--registry", required=True)
     ap.add_argument("--cgroup", required=True)
     agent = Agent(ap.parse_args())
+    agent.reap_previous()
 
     def on_signal(signum: int, _frame: object) -> None:
         log(f"signal {signum}: stopping {len(agent.daemons)} daemon(s)")

@@ -10,6 +10,9 @@ Every server binds to 127.0.0.1. State lives in .testbed/ beside this repository
 binaries and images are cached by version under $BUILDFAN_TESTBED_CACHE (~/.cache/buildfan-testbed).
 Isolation per simulated node: a cpu cgroup with a CFS quota (NODE_CPU, default 0.6 CPU) and an ext4
 filesystem on its own loop device, mounted -o sync, with a blkio write limit (NODE_WRITE_MBPS, default 30).
+The loop devices' backing files live in RAM (a tmpfs; NODE_DISK_BACKING=disk puts them on the host disk),
+so each node's disk is limited only by its own throttle and nodes do not share a physical disk underneath;
+`discard` returns freed blocks to the tmpfs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -52,7 +56,8 @@ PORTS = Ports()
 NODES = int(os.environ.get("NODES", "3"))
 NODE_CPU = float(os.environ.get("NODE_CPU", "0.6"))
 NODE_WRITE_MBPS = int(os.environ.get("NODE_WRITE_MBPS", "30"))
-NODE_DISK_GB = int(os.environ.get("NODE_DISK_GB", "8"))
+NODE_DISK_GB = int(os.environ.get("NODE_DISK_GB", "4"))
+NODE_DISK_BACKING = os.environ.get("NODE_DISK_BACKING", "tmpfs")  # tmpfs | disk
 # Everything the scripts install from Debian when missing: command -> package.
 DEBIAN = {
     "etcd": "etcd-server",
@@ -488,7 +493,11 @@ def node_names() -> list[str]:
     return [f"node-{chr(ord('a') + i)}" if NODES <= 26 else f"node-{i:02d}" for i in range(NODES)]
 
 
-def node_manifest(name: str, index: int) -> dict[str, object]:
+def node_manifest(
+    name: str, index: int, zones: int | None = None, labels: dict[str, str] | None = None
+) -> dict[str, object]:
+    """A kwok node with the labels a cloud node has (hostname, zone, region, instance type)."""
+    zone = f"zone-{index % (zones or int(os.environ.get('ZONES', NODES)))}"
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -500,9 +509,10 @@ def node_manifest(name: str, index: int) -> dict[str, object]:
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64",
                 "type": "kwok",
-                "topology.kubernetes.io/zone": f"zone-{index % int(os.environ.get('ZONES', NODES))}",
+                "topology.kubernetes.io/zone": zone,
                 "topology.kubernetes.io/region": "testbed",
                 "node.kubernetes.io/instance-type": "kwok.4x16",
+                **(labels or {}),
             },
         },
         "spec": {},
@@ -533,33 +543,40 @@ def apply_crds(api: object, kwok_dir: Path) -> None:
                 raise
 
 
-def create_nodes(api: object) -> None:
+def create_nodes(api: object, names: list[str], first_index: int = 0, **manifest: Any) -> None:
+    """Create kwok nodes (an existing one is reused); `manifest` goes to node_manifest (zones, labels)."""
     from kubernetes import client
 
     core = client.CoreV1Api(api)
-    for i, name in enumerate(node_names()):
+    for i, name in enumerate(names, start=first_index):
         try:
-            core.create_node(node_manifest(name, i))
+            core.create_node(node_manifest(name, i, **manifest))
         except client.ApiException as e:
             if e.status != 409:
                 raise
 
 
-def wait_nodes_ready(api: object) -> None:
+def wait_nodes_ready(api: object, names: list[str]) -> None:
     """kwok marks nodes Ready; with node lifecycle off, clearing the not-ready taint is ours to do."""
     from kubernetes import client
 
     core = client.CoreV1Api(api)
 
     def ready() -> bool:
-        nodes = core.list_node(label_selector="type=kwok").items
+        nodes = [n for n in core.list_node(label_selector="type=kwok").items if n.metadata.name in names]
         ok = [n for n in nodes if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])]
         for n in ok:
             if n.spec.taints:
                 core.patch_node(n.metadata.name, {"spec": {"taints": None}})
-        return len(ok) == NODES and not any(n.spec.taints for n in ok)
+        return len(ok) == len(names) and not any(n.spec.taints for n in ok)
 
-    wait_for(f"{NODES} Ready nodes", ready, 60, proc="kwok")
+    wait_for(f"{len(names)} Ready nodes", ready, 60)
+
+
+def wait_default_service_account(api: object) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
     wait_for(
         "the default ServiceAccount",
         lambda: bool(core.list_namespaced_service_account("default", field_selector="metadata.name=default").items),
@@ -568,6 +585,14 @@ def wait_nodes_ready(api: object) -> None:
 
 
 # ---------------------------------------------------------------- per-node isolation
+
+
+def disk_backing() -> None:
+    """Where the nodes' disk images live: a RAM-backed tmpfs, so that nodes share no physical disk."""
+    disks = STATE / "disks"
+    disks.mkdir(parents=True, exist_ok=True)
+    if NODE_DISK_BACKING == "tmpfs" and not os.path.ismount(disks):
+        run("mount", "-t", "tmpfs", "-o", f"size={NODES * NODE_DISK_GB}G,mode=0700", "buildfan-testbed-disks", disks)
 
 
 def setup_node_isolation(name: str) -> None:
@@ -585,7 +610,7 @@ def setup_node_isolation(name: str) -> None:
     run("truncate", "-s", f"{NODE_DISK_GB}G", img)
     run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", img)
     loop = run("losetup", "--find", "--show", img).stdout.strip()
-    run("mount", "-o", "sync", loop, mnt)
+    run("mount", "-o", "sync,discard", loop, mnt)
     minor = os.minor(os.stat(loop).st_rdev)
     major = os.major(os.stat(loop).st_rdev)
     (CGROUP_ROOT / "blkio" / CGROUP_NAME / name / "blkio.throttle.write_bps_device").write_text(
@@ -594,13 +619,18 @@ def setup_node_isolation(name: str) -> None:
 
 
 def teardown_isolation() -> None:
-    for mnt in reversed(_mounts_under(STATE)):
-        subprocess.run(["umount", "-l", mnt], check=False)
+    """Node filesystems, then their loop devices, then the tmpfs holding the images; then the cgroups."""
     disks = STATE / "disks"
+    mounts = _mounts_under(STATE)
+    for mnt in reversed(mounts):
+        if mnt != str(disks.resolve()):
+            subprocess.run(["umount", mnt], check=False)
     for line in run("losetup", "-a").stdout.splitlines():
         dev, _, rest = line.partition(":")
         if str(disks) in rest:
             subprocess.run(["losetup", "-d", dev], check=False)
+    if str(disks.resolve()) in mounts:
+        subprocess.run(["umount", disks], check=False)
     for ctrl in ("cpu", "blkio"):
         base = CGROUP_ROOT / ctrl / CGROUP_NAME
         for d in sorted(base.glob("**/"), key=lambda p: len(p.parts), reverse=True) if base.exists() else []:
@@ -693,12 +723,13 @@ def up() -> None:
     start_apiserver(bin_dir, d)
     start_controller_manager(bin_dir, d)
     start_scheduler(bin_dir, d)
+    disk_backing()
     for name in node_names():
         setup_node_isolation(name)
     start_registry(images)
     api = kube(admin)
     apply_crds(api, bin_dir / "kwok-assets")
-    create_nodes(api)
+    create_nodes(api, node_names())
     start_kwok(bin_dir, admin)
     start(
         "agent",
@@ -717,7 +748,8 @@ def up() -> None:
             CGROUP_NAME,
         ],
     )
-    wait_nodes_ready(api)
+    wait_nodes_ready(api, node_names())
+    wait_default_service_account(api)
     env = write_env(bin_dir, admin, docker_config(bin_dir))
     log(f"up in {time.monotonic() - t0:.1f}s: {NODES} nodes; source {env}")
 
@@ -735,11 +767,17 @@ def down() -> None:
 
 
 def _stop_orphan_daemons() -> None:
-    """Daemons the agent recorded but could not stop (it was killed): stop them by PID."""
-    for f in (STATE / "daemons").glob("*.pid") if (STATE / "daemons").exists() else []:
-        pid, exe = f.read_text().split()
-        if _is_ours(int(pid), exe):
-            _terminate(int(pid), exe, 10.0)
+    """buildkitd processes the agent could not stop (it was killed): ours are those whose --root is in
+    this testbed's state directory."""
+    prefix = str(STATE / "nodes").encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(argv[0].decode(errors="replace")).name == "buildkitd" and any(a.startswith(prefix) for a in argv):
+            log(f"stopping orphaned buildkitd pid {proc.name}")
+            _terminate(int(proc.name), "buildkitd", 10.0)
 
 
 def status() -> int:

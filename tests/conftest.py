@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed import Testbed
+from testbed.handle import Testbed
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED = os.environ.get("BUILDFAN_REQUIRE_TESTBED") == "1"

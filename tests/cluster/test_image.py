@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed import Testbed
+from testbed.handle import Testbed
 
 pytestmark = pytest.mark.testbed
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.testbed import Testbed, wait_until
+from testbed.handle import Testbed, wait_until
 
 pytestmark = pytest.mark.testbed
 BUILDFAN = [sys.executable, "-m", "buildfan"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.testbed import Testbed, wait_until
+from testbed.handle import Testbed, wait_until
 
 pytestmark = pytest.mark.testbed
 
