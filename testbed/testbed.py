@@ -8,8 +8,8 @@ a node agent that runs a real buildkitd per BuildKit pod, and a registry with of
 
 Every server binds to 127.0.0.1. State lives in .testbed/ beside this repository's Makefile;
 binaries and images are cached by version under $BUILDFAN_TESTBED_CACHE (~/.cache/buildfan-testbed).
-Isolation per simulated node: a cpu cgroup with a CFS quota (NODE_CPU, default 0.6 CPU) and an ext4
-filesystem on its own loop device, mounted -o sync, with a blkio write limit (NODE_WRITE_MBPS, default 30).
+Isolation per simulated node: a cpu cgroup with a CFS quota (NODE_CPU, default 0.5 CPU) and an ext4
+filesystem on its own loop device, mounted -o sync, with a blkio write limit (NODE_WRITE_MBPS, default 20).
 The loop devices' backing files live in RAM (a tmpfs; NODE_DISK_BACKING=disk puts them on the host disk),
 so each node's disk is limited only by its own throttle and nodes do not share a physical disk underneath;
 `discard` returns freed blocks to the tmpfs.
@@ -54,8 +54,10 @@ class Ports:
 
 PORTS = Ports()
 NODES = int(os.environ.get("NODES", "3"))
-NODE_CPU = float(os.environ.get("NODE_CPU", "0.6"))
-NODE_WRITE_MBPS = int(os.environ.get("NODE_WRITE_MBPS", "30"))
+# Three nodes take 1.5 of the 2 cores; the rest is left to what all nodes share (control plane, kwok's exec
+# streams, buildx, the loop devices' kernel writeback), so that builders on different nodes do not contend.
+NODE_CPU = float(os.environ.get("NODE_CPU", "0.5"))
+NODE_WRITE_MBPS = int(os.environ.get("NODE_WRITE_MBPS", "20"))
 NODE_DISK_GB = int(os.environ.get("NODE_DISK_GB", "4"))
 NODE_DISK_BACKING = os.environ.get("NODE_DISK_BACKING", "tmpfs")  # tmpfs | disk
 # Everything the scripts install from Debian when missing: command -> package.
