@@ -109,11 +109,19 @@ class Agent:
 
     # ------------------------------------------------------------ start
 
-    def start_safely(self, pod: Any) -> None:
+    def start_safely(self, pod: Any, attempts: int = 3) -> None:
+        """Start the pod's daemon; like a kubelet restarting a crashed container, try again a few times."""
         try:
-            self.start(pod)
-        except Exception as e:
-            log(f"{pod.metadata.namespace}/{pod.metadata.name}: failed to start: {e!r}")
+            for attempt in range(1, attempts + 1):
+                try:
+                    self.start(pod)
+                    return
+                except Exception as e:
+                    log(f"{pod.metadata.namespace}/{pod.metadata.name}: start {attempt}/{attempts} failed: {e!r}")
+                    self.discard(pod.metadata.uid)
+                    if pod.metadata.uid in self.doomed:
+                        return
+                    time.sleep(attempt)
         finally:
             with self.lock:
                 self.starting.discard(pod.metadata.uid)
@@ -157,6 +165,10 @@ class Agent:
             str(self.node_config(node)),
             "--oci-worker=true",
             "--containerd-worker=false",
+            # each pod has its own /run in a real cluster: the default /run/buildkit/otel-grpc.sock would be
+            # shared, and daemons starting together race on it (`chown ...: no such file or directory`)
+            "--otel-socket-path",
+            str(sock.with_suffix(".otel.sock")),
             *flags,
         ]
         logf = open(self.state / "logs" / "daemons" / f"{tag}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -245,15 +257,21 @@ class Agent:
 
     def stop(self, uid: str) -> None:
         with self.lock:
-            d = self.daemons.pop(uid, None)
             if uid in self.starting:
                 self.doomed.add(uid)
+        self.discard(uid)
+
+    def discard(self, uid: str) -> None:
+        """Stop a daemon and remove its process, mounts, state, socket, record and Exec."""
+        with self.lock:
+            d = self.daemons.pop(uid, None)
         if d is None:
             return
         terminate(d.proc)
         unmount_under(d.root)
         shutil.rmtree(d.root, ignore_errors=True)
         d.sock.unlink(missing_ok=True)
+        d.sock.with_suffix(".otel.sock").unlink(missing_ok=True)
         (self.state / "daemons" / f"{uid}.pid").unlink(missing_ok=True)
         try:
             self.custom.delete_namespaced_custom_object(EXEC_GROUP, EXEC_VERSION, d.namespace, EXEC_PLURAL, d.pod)

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from kubernetes import client
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from testbed.handle import Testbed
-from tests.cluster.test_run import BUILDFAN, QUICK, assert_nothing_left, write_matrix
+from tests.cluster.test_run import BUILDFAN, QUICK, assert_nothing_left, start_until_building, write_matrix
 
 pytestmark = pytest.mark.testbed
 FAILING = "FROM scratch\nCOPY file.txt /file.txt\nCOPY no-such-file /x\n"
@@ -121,21 +120,10 @@ def test_action_post_step_cleans_up_after_sigkill(testbed: Testbed, tmp_path: Pa
             "INPUT_FAIL-FAST": "false",
             "INPUT_LOG-FORMAT": "json",
         }
-        main = subprocess.Popen(
-            [*BUILDFAN, "action", "main"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        assert main.stdout is not None
-        for line in main.stdout:
-            if "building" in line:
-                break
-        time.sleep(1)
+        main = start_until_building([*BUILDFAN, "action", "main"], env, start_new_session=True)
         os.killpg(main.pid, signal.SIGKILL)  # the runner's kill: no teardown runs
         main.wait()
+        assert main.stdout is not None
         main.stdout.close()
         run_id = json.loads((home / ".buildfan" / "run.json").read_text())["run_id"]
         left = apps.list_namespaced_deployment(ns, label_selector=f"buildfan.dev/run={run_id}").items

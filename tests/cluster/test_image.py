@@ -78,19 +78,13 @@ def base_args(tb: Testbed, builder: str, tmp: Path) -> list[str]:
     ]
 
 
+def buildx_build(tb: Testbed, builder: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """`docker buildx build` of this repository on the testbed, base images from its registry."""
+    return tb.run("docker", "buildx", "build", "--builder", builder, *args, str(REPO), timeout=timeout, check=False)
+
+
 def test_dockerfile_check_has_no_warnings(testbed: Testbed, builder: str, tmp_path: Path) -> None:
-    r = testbed.run(
-        "docker",
-        "buildx",
-        "build",
-        "--builder",
-        builder,
-        "--call=check",
-        *base_args(testbed, builder, tmp_path),
-        str(REPO),
-        timeout=300,
-        check=False,
-    )
+    r = buildx_build(testbed, builder, "--call=check", *base_args(testbed, builder, tmp_path), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "no warnings found" in (r.stdout + r.stderr), r.stdout + r.stderr
 
@@ -98,23 +92,8 @@ def test_dockerfile_check_has_no_warnings(testbed: Testbed, builder: str, tmp_pa
 def test_image_builds_and_runs_buildfan_version(testbed: Testbed, builder: str, tmp_path: Path) -> None:
     oci = tmp_path / "image.tar"
     ca = testbed.env.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")  # this machine's proxy CA
-    r = testbed.run(
-        "docker",
-        "buildx",
-        "build",
-        "--builder",
-        builder,
-        "--target",
-        "runtime",
-        "--secret",
-        f"id=pip-ca,src={ca}",
-        *base_args(testbed, builder, tmp_path),
-        "--output",
-        f"type=oci,dest={oci}",
-        str(REPO),
-        timeout=900,
-        check=False,
-    )
+    args = ["--target", "runtime", "--secret", f"id=pip-ca,src={ca}", "--output", f"type=oci,dest={oci}"]
+    r = buildx_build(testbed, builder, *args, *base_args(testbed, builder, tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     layout = tmp_path / "layout"
     layout.mkdir()

@@ -56,6 +56,17 @@ def assert_nothing_left(tb: Testbed, ns: str, run_id: str) -> None:
 QUICK = "FROM scratch\nCOPY file.txt /file.txt\n"
 
 
+def start_until_building(argv: list[str], env: dict[str, str], **popen: Any) -> subprocess.Popen[str]:
+    """Start buildfan and return once a build is under way (its "building" line, then a moment)."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "building" in line:
+            break
+    time.sleep(1)
+    return proc
+
+
 def test_binpack_without_placement_packs_builders_on_one_node(testbed: Testbed, tmp_path: Path) -> None:
     with testbed.namespace() as ns:
         m = write_matrix(
@@ -162,18 +173,9 @@ def test_sigterm_mid_build_tears_down_and_exits_130(testbed: Testbed, tmp_path: 
     with testbed.namespace() as ns:
         m = write_matrix(tmp_path, ns, {"slow": f"FROM {reg}/base:2\nRUN sleep 120\n"}, {})
         run_file = tmp_path / "run.json"
-        proc = subprocess.Popen(
-            [*BUILDFAN, "--log-format", "plain", "run", str(m), "--run-file", str(run_file)],
-            env=testbed.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        proc = start_until_building(
+            [*BUILDFAN, "--log-format", "plain", "run", str(m), "--run-file", str(run_file)], testbed.env
         )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "building" in line:
-                break
-        time.sleep(2)
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         out, _ = proc.communicate(timeout=60)
