@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kubernetes import client
 
 from testbed.handle import Testbed, wait_until
@@ -62,18 +61,6 @@ def foreign_builders(ns: str) -> int:
     """Builder pods of other people's runs on the cluster right now (they would skew contention figures)."""
     pods = client.CoreV1Api(api()).list_pod_for_all_namespaces(label_selector="app.kubernetes.io/managed-by=buildfan")
     return sum(1 for p in pods.items if p.metadata.namespace != ns)
-
-
-def write_matrix(d: Path, ns: str, images: dict[str, str], builder: dict[str, Any]) -> Path:
-    """A matrix whose images are Dockerfiles (text), each in its own context under d."""
-    d.mkdir(parents=True, exist_ok=True)
-    for name, dockerfile in images.items():
-        (d / name).mkdir(exist_ok=True)
-        (d / name / "Dockerfile").write_text(dockerfile)
-    path = d / "matrix.yaml"
-    entries = [{"name": n, "context": f"./{n}"} for n in images]
-    path.write_text(yaml.safe_dump({"namespace": ns, "builder": builder, "images": entries}))
-    return path
 
 
 def host_sample() -> tuple[list[int], int]:

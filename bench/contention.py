@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from testbed.handle import write_matrix
 
 PACKED = {"driver-opts": {"schedulername": "binpack", "requests.cpu": "500m"}, "placement": {"spread": "none"}}
 SPREAD = {
@@ -36,7 +37,7 @@ def dockerfiles(n: int) -> dict[str, str]:
 def one_run(d: Path, ns: str, images: dict[str, str], builder: dict[str, Any], what: str) -> dict[str, Any]:
     common.wait_quiet(ns)
     foreign = common.foreign_builders(ns)
-    run = common.run_buildfan(common.write_matrix(d, ns, images, builder), d / "report.json")
+    run = common.run_buildfan(write_matrix(d, ns, images, builder), d / "report.json")
     common.check(run, what)
     out: dict[str, Any] = {"foreign_builders": foreign, "host": run.host, "images": {}}
     for img in run.report["images"]:

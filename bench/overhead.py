@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from testbed.handle import write_matrix
 
 
 def report_ready_s(report: dict[str, Any]) -> float:
@@ -31,7 +32,7 @@ def report_ready_s(report: dict[str, Any]) -> float:
 def measure(d: Path, ns: str, n: int) -> dict[str, Any]:
     common.wait_quiet(ns)
     images = {f"b{k:02d}": "FROM scratch\n" for k in range(n)}
-    run = common.run_buildfan(common.write_matrix(d, ns, images, {}), d / "report.json", "--no-build")
+    run = common.run_buildfan(write_matrix(d, ns, images, {}), d / "report.json", "--no-build")
     common.check(run, f"N={n}")
     if len(run.ready_s) != n:
         raise RuntimeError(f"N={n}: {len(run.ready_s)} 'builder ready' lines, expected {n}")

@@ -30,6 +30,7 @@ from kubernetes import client
 
 from bench import common
 from testbed import testbed as tb
+from testbed.handle import write_matrix
 
 AUDIT_LOG = common.REPO / ".testbed" / "logs" / "audit.log"
 PREFIX = "bench-scale-"
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ):
         nodes = common.ready_nodes()
         print(f"  {len(nodes)} Ready nodes ({len(added)} added for this benchmark)")
-        matrix = common.write_matrix(Path(tmp), ns, images, {"placement": placement})
+        matrix = write_matrix(Path(tmp), ns, images, {"placement": placement})
         offset = AUDIT_LOG.stat().st_size
         run = common.run_buildfan(matrix, Path(tmp) / "report.json", "--no-build")
         common.check(run, "scale")

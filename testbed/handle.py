@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config
 
 
@@ -85,3 +86,16 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def write_matrix(d: Path, ns: str, images: dict[str, str], builder: dict[str, Any], **top: Any) -> Path:
+    """A matrix under d whose images are Dockerfiles (text), each in its own context with a file.txt."""
+    entries = []
+    for name, dockerfile in images.items():
+        (d / name).mkdir(parents=True, exist_ok=True)
+        (d / name / "Dockerfile").write_text(dockerfile)
+        (d / name / "file.txt").write_text(f"{name}\n")
+        entries.append({"name": name, "context": f"./{name}"})
+    path = d / "matrix.yaml"
+    path.write_text(yaml.safe_dump({"namespace": ns, "builder": builder, "images": entries, **top}))
+    return path

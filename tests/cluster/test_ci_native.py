@@ -13,8 +13,8 @@ import pytest
 from kubernetes import client
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from testbed.handle import Testbed
-from tests.cluster.test_run import BUILDFAN, QUICK, assert_nothing_left, start_until_building, write_matrix
+from testbed.handle import Testbed, write_matrix
+from tests.cluster.test_run import BUILDFAN, QUICK, assert_nothing_left, start_until_building
 
 pytestmark = pytest.mark.testbed
 FAILING = "FROM scratch\nCOPY file.txt /file.txt\nCOPY no-such-file /x\n"

@@ -14,23 +14,10 @@ import pytest
 import yaml
 from kubernetes import client
 
-from testbed.handle import Testbed, wait_until
+from testbed.handle import Testbed, wait_until, write_matrix
 
 pytestmark = pytest.mark.testbed
 BUILDFAN = [sys.executable, "-m", "buildfan"]
-
-
-def write_matrix(tmp: Path, ns: str, images: dict[str, str], builder: dict[str, Any], **top: Any) -> Path:
-    """A matrix whose images are Dockerfiles (text) in their own contexts under tmp."""
-    entries = []
-    for name, dockerfile in images.items():
-        (tmp / name).mkdir()
-        (tmp / name / "Dockerfile").write_text(dockerfile)
-        (tmp / name / "file.txt").write_text(f"{name}\n")
-        entries.append({"name": name, "context": f"./{name}"})
-    path = tmp / "matrix.yaml"
-    path.write_text(yaml.safe_dump({"namespace": ns, "builder": builder, "images": entries, **top}))
-    return path
 
 
 def buildfan(tb: Testbed, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
